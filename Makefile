@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export PYSPARK_PYTHON := $(CURDIR)/$(PY)
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
+
+.PHONY: demo test lint format deps system venv dagster-home ui clean bench
+
+# Debian packages the platform and its tests use: Java for Spark, PostgreSQL for the
+# PostgreSQL metric-store tests.
+system:
+	@./scripts/install-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "installing the project into $(VENV) (first run takes a few minutes)"
+	@$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+deps: system venv dagster-home
+
+dagster-home:
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: deps
+	@$(PY) -m expo_platform.demo
+
+test: deps
+	@$(VENV)/bin/pytest
+
+lint: venv
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: venv
+	@$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+ui: deps
+	@$(VENV)/bin/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf lake .dagster_home

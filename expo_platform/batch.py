@@ -1,0 +1,156 @@
+"""The batch layer's steps for one hour: read inputs, call the business logic, write outputs.
+
+Each step is what one Dagster asset runs; each returns plain figures for the asset's metadata.
+Every write replaces a whole partition or a whole set of points: re-running gives the same lake.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from expo_platform import beacons as bc
+from expo_platform import lake
+from expo_platform.errors import ExpoError
+from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
+from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics, to_long
+from expo_platform.settings import Settings
+from expo_platform.store import MetricStore, Point
+from expo_platform.visits import build_sessions
+
+log = logging.getLogger(__name__)
+
+QUALITY_METRICS = (
+    "beacons_total",
+    "beacons_valid",
+    "beacons_duplicate",
+    *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS),
+)
+PREVIEW_ROWS = 10
+
+
+@dataclass
+class StepResult:
+    """Figures of one step, shown as asset metadata and in the command line's progress."""
+
+    hour: datetime
+    counts: dict[str, int] = field(default_factory=dict)
+    preview: list[dict] = field(default_factory=list)
+
+
+def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> StepResult:
+    """Validate and de-duplicate an hour's landing files into `beacons` and `beacon_rejects`."""
+    files = lake.landing_files(settings, hour)
+    if not files:
+        log.info("hour %s has no landing files: an empty hour", hour_label(hour))
+    classified = bc.classify_hour(lake.read_landing(spark, files), int(hour_start_ms(hour)
+                                                                       // HOUR_MS))
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        lake.write_partition(bc.counted_beacons(classified), settings, "beacons", hour)
+        lake.write_partition(bc.rejected_beacons(classified), settings, "beacon_rejects", hour)
+        counts = {"files": len(files), **bc.quality_counts(classified)}
+        preview = [
+            r.asDict()
+            for r in bc.rejected_beacons(classified)
+            .select("reason", "detail", F.substring("raw", 1, 120).alias("raw"))
+            .limit(PREVIEW_ROWS)
+            .collect()
+        ]
+    finally:
+        classified.unpersist()
+    return StepResult(hour, counts, preview)
+
+
+def quality_points(settings: Settings, spark: SparkSession, hour: datetime) -> list[Point]:
+    """The hour's data-quality points (METRICS.md section 5), read back from the tables."""
+    valid = lake.count_rows(lake.read_partitions(spark, settings, "beacons", [hour]))
+    rejects = lake.read_partitions(spark, settings, "beacon_rejects", [hour])
+    by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").count()
+                 .withColumnRenamed("count", "n").collect()}
+    counts = {
+        "beacons_total": valid + sum(by_reason.values()),
+        "beacons_valid": valid,
+        "beacons_duplicate": by_reason.get(bc.DUPLICATE, 0),
+        **{f"beacons_rejected_{r}": by_reason.get(r, 0) for r in bc.REJECT_REASONS},
+    }
+    return [Point(m, "", "", "", hour_iso(hour), "batch", float(counts[m])) for m in
+            QUALITY_METRICS]
+
+
+def write_quality(spark: SparkSession, settings: Settings, store: MetricStore,
+                  hour: datetime) -> StepResult:
+    """Write the hour's data-quality points, layer batch."""
+    points = quality_points(settings, spark, hour)
+    store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=QUALITY_METRICS)
+    return StepResult(hour, {p.metric: int(p.value) for p in points})
+
+
+def _require_previous_sessions(settings: Settings, hour: datetime) -> None:
+    """Visits carry across hours, so hour H needs H-1's sessions unless H-1 had no data."""
+    previous = hour - ONE_HOUR
+    if previous < settings.partitions_start or lake.has_partition(settings, "sessions", previous):
+        return
+    if lake.landing_files(settings, previous):
+        raise ExpoError(
+            f"sessions of {hour_label(previous)} are not materialized: visits carry across "
+            f"hours, so process from {hour_label(previous)} on"
+        )
+
+
+def process_sessions(spark: SparkSession, settings: Settings, hour: datetime) -> StepResult:
+    """Sessionize an hour's beacons, continuing the visits open at the end of the hour before."""
+    if not lake.has_partition(settings, "beacons", hour):
+        raise ExpoError(f"beacons of {hour_label(hour)} are not materialized yet")
+    _require_previous_sessions(settings, hour)
+    lake.ensure_sessions_table(spark, settings)
+    beacons = lake.read_partitions(spark, settings, "beacons", [hour])
+    previous = lake.read_partitions(spark, settings, "sessions", [hour - ONE_HOUR])
+    rows = build_sessions(beacons, previous, hour_start_ms(hour))
+    lake.write_sessions(spark, settings, rows, hour)
+    written = lake.read_partitions(spark, settings, "sessions", [hour])
+    summary = written.agg(
+        F.count(F.lit(1)).alias("visits_active"),
+        F.count(F.when(F.col("continued"), 1)).alias("visits_continued"),
+        F.coalesce(F.sum(F.size("facts")), F.lit(0)).alias("fact_rows"),
+    ).first()
+    return StepResult(hour, summary.asDict())
+
+
+def process_metrics(
+    spark: SparkSession, settings: Settings, store: MetricStore, hour: datetime
+) -> StepResult:
+    """Compute the hour's experiment metrics and write them to the store as layer batch."""
+    following = hour + ONE_HOUR
+    for needed in (hour, following):
+        if not lake.has_partition(settings, "sessions", needed):
+            raise ExpoError(
+                f"experiment_metrics of {hour_label(hour)} need the sessions of "
+                f"{hour_label(needed)}, which are not materialized yet"
+            )
+    window = [hour - ONE_HOUR * back for back in range(23, -1, -1)]
+    wide = hourly_metrics(
+        lake.read_partitions(spark, settings, "sessions", [hour]),
+        lake.read_partitions(spark, settings, "sessions", [following]),
+        lake.read_partitions(spark, settings, "sessions", window),
+    )
+    rows = to_long(wide).collect()
+    points = [
+        Point(r["metric"], r["experiment"], r["variant"], r["population"], hour_iso(hour),
+              "batch", float(r["value"] or 0.0))
+        for r in rows
+    ]
+    store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
+    keys = {tuple(r[k] for k in KEY) for r in rows}
+    preview = sorted(
+        ({**dict(zip(KEY, key, strict=True)), "metric": m, "value": v}
+         for key, m, v in ((tuple(r[k] for k in KEY), r["metric"], r["value"]) for r in rows)
+         if m in ("visitors", "visits", "orders")),
+        key=lambda d: (d["experiment"], d["variant"], d["population"], d["metric"]),
+    )[:PREVIEW_ROWS * 3]
+    return StepResult(hour, {"keys": len(keys), "points": len(points)}, preview)

@@ -1,0 +1,89 @@
+"""Hourly experiment metrics (METRICS.md section 4) from the sessions rows of an hour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from expo_platform.visits import FACT_FIELDS
+
+KEY = ("experiment", "variant", "population")
+SUMMED = (
+    "page_views",
+    "visits",
+    "bounces",
+    "orders",
+    "units",
+    "revenue",
+    "errors",
+    "page_load_ms_sum",
+    "page_load_ms_count",
+)
+EXPERIMENT_METRICS = ("page_views", "visitors", "visits", "bounces", "orders", "units",
+                      "revenue", "errors", "page_load_ms_sum", "page_load_ms_count",
+                      "visitors_24h")
+assert set(SUMMED) - {"visits", "bounces"} <= set(FACT_FIELDS)
+
+
+def explode_facts(sessions: DataFrame) -> DataFrame:
+    """One row per (visit, population, beacon visitor) from sessions rows."""
+    return sessions.select("visit_id", F.inline("facts"))
+
+
+def final_bounces(facts: DataFrame, next_sessions: DataFrame) -> DataFrame:
+    """Bounce candidates become bounces unless the visit went on in the next hour."""
+    continued = next_sessions.where(F.col("continued")).select(
+        "visit_id", F.lit(True).alias("went_on")
+    )
+    return (
+        facts.join(continued, "visit_id", "left")
+        .withColumn(
+            "bounces",
+            F.when(F.col("went_on"), F.lit(0)).otherwise(F.col("bounce_candidates")),
+        )
+        .withColumn("visits", F.col("visit_starts"))
+        .drop("went_on")
+    )
+
+
+def distinct_visitors(sessions: DataFrame) -> DataFrame:
+    """Distinct (key, visitor) pairs of the given sessions rows."""
+    return explode_facts(sessions).select(*KEY, "visitor_id").distinct()
+
+
+def hourly_metrics(
+    sessions: DataFrame, next_sessions: DataFrame, last_24h_sessions: DataFrame
+) -> DataFrame:
+    """Wide metrics per key for an hour: one column per metric of EXPERIMENT_METRICS.
+
+    `sessions` are the hour's rows, `next_sessions` the next hour's (for bounces) and
+    `last_24h_sessions` the rows of the hours [H - 23h, H] (for visitors_24h).
+    """
+    facts = final_bounces(explode_facts(sessions), next_sessions)
+    hourly = facts.groupBy(*KEY).agg(
+        F.count_distinct("visitor_id").alias("visitors"),
+        *[F.sum(name).alias(name) for name in SUMMED],
+    )
+    rolling = (
+        distinct_visitors(last_24h_sessions).groupBy(*KEY).agg(F.count(F.lit(1)).alias(
+            "visitors_24h"))
+    )
+    # Only keys with beacons in the hour get a row.
+    return hourly.join(rolling, list(KEY), "left").select(
+        *KEY, *[F.col(m).cast("double").alias(m) for m in EXPERIMENT_METRICS]
+    )
+
+
+def to_long(wide: DataFrame) -> DataFrame:
+    """(key, metric, value) rows from one column per metric."""
+    stacked = ", ".join(f"'{m}', `{m}`" for m in EXPERIMENT_METRICS)
+    return wide.select(
+        *KEY, F.expr(f"stack({len(EXPERIMENT_METRICS)}, {stacked}) as (metric, value)")
+    )
+
+
+def rows_as_dicts(rows: Iterable) -> Iterator[dict]:
+    """Spark rows as plain dicts."""
+    return (row.asDict() for row in rows)

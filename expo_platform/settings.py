@@ -1,0 +1,164 @@
+"""Every setting of the platform, in one typed place.
+
+Each default runs on one machine with no services: local Spark, a project-local lake, SQLite.
+Each can be overridden by the environment variable named beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from expo_platform.errors import ExpoError, SettingsError
+from expo_platform.hours import parse_hour
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser().resolve()
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must lie between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number >= 0")
+    return value
+
+
+def _conf(text: str) -> dict[str, str]:
+    """Parse `key=value,key=value` into a dict."""
+    pairs = [p.strip() for p in text.split(",") if p.strip()]
+    conf = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{pair!r} is not key=value")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+def _hour(text: str) -> datetime:
+    try:
+        return parse_hour(text)
+    except ExpoError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _store_url(text: str) -> str:
+    if not text.startswith(("sqlite:", "postgresql:", "postgresql+")):
+        raise ValueError("must start with sqlite:/// or postgresql://")
+    return text
+
+
+def _setting(env: str, parse: Callable[[str], Any], doc: str, default: str | None = None) -> Any:
+    return field(metadata={"env": env, "parse": parse, "doc": doc, "default": default})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The platform's settings; build them with `load_settings()`."""
+
+    lake: Path = _setting("EXPO_LAKE", _path, "root of the lake (landing zone, tables)", "./lake")
+    metric_store: str = _setting(
+        "EXPO_METRIC_STORE",
+        _store_url,
+        "SQLAlchemy URL of the metric store",
+        "sqlite:///<lake>/metrics.sqlite",
+    )
+    spark_master: str = _setting("EXPO_SPARK_MASTER", str, "Spark master URL", "local[*]")
+    spark_conf: dict[str, str] = _setting(
+        "EXPO_SPARK_CONF", _conf, "extra Spark settings, key=value,key=value", ""
+    )
+    partitions_start: datetime = _setting(
+        "EXPO_PARTITIONS_START", _hour, "first hour of the hourly partitions", "2026-01-01T00"
+    )
+    dagster_home: Path = _setting(
+        "DAGSTER_HOME", _path, "Dagster instance folder (runs, schedules)", "./.dagster_home"
+    )
+    hive_database: str = _setting(
+        "EXPO_HIVE_DATABASE", str, "Hive database of the sessions table", "expo"
+    )
+    max_reject_rate: float = _setting(
+        "EXPO_MAX_REJECT_RATE", _fraction, "reject rate above which an hour is blocked", "0.1"
+    )
+    landing_grace_minutes: int = _setting(
+        "EXPO_LANDING_GRACE_MINUTES",
+        _positive_int,
+        "minutes after an hour ends before its landing data counts as complete",
+        "10",
+    )
+    shuffle_partitions: int = _setting(
+        "EXPO_SHUFFLE_PARTITIONS", _positive_int, "spark.sql.shuffle.partitions", "4"
+    )
+    log_level: str = _setting("EXPO_LOG_LEVEL", str.upper, "log level", "INFO")
+
+    @property
+    def landing_dir(self) -> Path:
+        """Raw beacons by hour: `<lake>/landing/beacons/hour=YYYY-MM-DD-HH/`."""
+        return self.lake / "landing" / "beacons"
+
+    @property
+    def tables_dir(self) -> Path:
+        """Columnar tables that the batch layer writes."""
+        return self.lake / "tables"
+
+    @property
+    def metastore_dir(self) -> Path:
+        """The embedded Derby metastore of the Hive tables, kept with the lake."""
+        return self.lake / "_metastore"
+
+    def spark_config(self) -> dict[str, str]:
+        """The Spark configuration every session of the platform starts with."""
+        conf = {
+            "spark.master": self.spark_master,
+            "spark.app.name": "expo",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            "spark.sql.catalogImplementation": "hive",
+            "spark.sql.warehouse.dir": str(self.lake / "_warehouse"),
+            "spark.hadoop.javax.jdo.option.ConnectionURL": (
+                f"jdbc:derby:;databaseName={self.metastore_dir / 'metastore_db'};create=true"
+            ),
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={self.metastore_dir}",
+            "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
+            "spark.sql.sources.partitionOverwriteMode": "dynamic",
+            "spark.ui.showConsoleProgress": "false",
+        }
+        conf.update(self.spark_conf)
+        return conf
+
+
+SETTINGS_DOC = [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings from the environment; an invalid value raises `SettingsError`."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+            continue
+        env, parse, default = f.metadata["env"], f.metadata["parse"], f.metadata["default"]
+        raw = environ.get(env)
+        if raw is None or raw == "":
+            if f.name == "metric_store":
+                continue  # derived from the lake below
+            raw = default
+        try:
+            values[f.name] = parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{env}={raw!r} is not valid: {exc}") from None
+    if "metric_store" not in values:
+        values["metric_store"] = f"sqlite:///{values['lake'] / 'metrics.sqlite'}"
+    return Settings(**values)

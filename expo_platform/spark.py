@@ -1,0 +1,28 @@
+"""The Spark session of the platform, built from the settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from expo_platform.settings import Settings
+
+
+def python_environment() -> None:
+    """Make Spark's Python workers use this interpreter, which has pyarrow and the library."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def get_spark(settings: Settings) -> SparkSession:
+    """Return the active session, or start one configured from `settings`."""
+    python_environment()
+    settings.metastore_dir.mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder
+    for key, value in settings.spark_config().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

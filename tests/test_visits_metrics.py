@@ -1,0 +1,218 @@
+"""Visits and hourly metrics (METRICS.md sections 2 to 4) on small hand-built click streams."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from pyspark.sql import functions as F
+
+from expo_platform import beacons as bc
+from expo_platform.hours import HOUR_MS, hour_start_ms
+from expo_platform.metrics import hourly_metrics, to_long
+from expo_platform.visits import SESSIONS_SCHEMA, build_sessions
+
+H0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
+MIN = 60_000
+GAP = 35 * MIN
+_ids = iter(range(1_000_000))
+
+
+def at(hour: int, minute: float) -> int:
+    """Epoch ms at `minute` past hour H0 + `hour`."""
+    return hour_start_ms(H0) + hour * HOUR_MS + int(minute * MIN)
+
+
+def b(ts: int, type_: str = "page_view", *, session="s1", visitor="v1", exps=None, **extra):
+    """A beacon dict; `exps` is a list of (id, variant, qualified)."""
+    exps = [("exp", "A", True)] if exps is None else exps
+    data = {
+        "event_id": f"e{next(_ids):06d}",
+        "visitor_id": visitor,
+        "session_id": session,
+        "ts": ts,
+        "type": type_,
+        "experiments": [{"id": e, "variant": v, "qualified": q} for e, v, q in exps],
+        **extra,
+    }
+    if type_ == "order" and "order" not in data:
+        data["order"] = {"order_id": "o1", "revenue": 10.0, "units": 1}
+    return data
+
+
+def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
+    """Chain the sessions of hours 0..hours-1 in memory; return each hour's metric values.
+
+    Every hour's metrics see the next hour's sessions (one extra hour is sessionized).
+    """
+    by_hour = {h: [] for h in range(hours + 1)}
+    for beacon in beacons:
+        by_hour[(beacon["ts"] - hour_start_ms(H0)) // HOUR_MS].append(json.dumps(beacon))
+    empty = spark.createDataFrame([], SESSIONS_SCHEMA)
+    sessions, previous = [], empty
+    for h in range(hours + 1):
+        if not by_hour[h]:  # an hour without beacons has no sessions rows: skip Spark
+            sessions.append(empty)
+            previous = empty
+            continue
+        hour = H0 + timedelta(hours=h)
+        lines = spark.createDataFrame([(line,) for line in by_hour[h]], "value string")
+        counted = bc.counted_beacons(bc.classify_hour(lines, hour_start_ms(hour) // HOUR_MS))
+        rows = build_sessions(counted, previous, hour_start_ms(hour)).localCheckpoint()
+        sessions.append(rows)
+        previous = rows
+    out = []
+    for h in range(hours):
+        if not by_hour[h]:
+            out.append({})  # no beacons, no rows
+            continue
+        window = sessions[max(0, h - 23) : h + 1]
+        last_24h = window[0]
+        for df in window[1:]:
+            last_24h = last_24h.unionByName(df)
+        wide = hourly_metrics(sessions[h], sessions[h + 1], last_24h)
+        out.append(
+            {
+                (r["experiment"], r["variant"], r["population"], r["metric"]): r["value"]
+                for r in to_long(wide).collect()
+            }
+        )
+    return out
+
+
+def metric(values: dict, name: str, key=("exp", "A", "assigned")) -> float | None:
+    return values.get((*key, name))
+
+
+def test_gap_of_exactly_35_minutes_is_the_same_visit(spark):
+    beacons = [
+        b(at(0, 1), session="s1"),
+        b(at(0, 1) + GAP, session="s1"),  # exactly 35 minutes: the same visit
+        b(at(0, 2), session="s2", visitor="v2"),
+        b(at(0, 2) + GAP + 1, session="s2", visitor="v2"),  # 1 ms more: a new visit
+    ]
+    (hour0,) = run_hours(spark, beacons, 1)
+    assert metric(hour0, "visits") == 3.0
+    assert metric(hour0, "page_views") == 4.0
+    assert metric(hour0, "bounces") == 2.0  # the two single-beacon visits of s2
+
+
+def test_visit_crossing_an_hour_boundary(spark):
+    beacons = [b(at(0, 50)), b(at(1, 10)), b(at(1, 20), "order")]
+    hour0, hour1 = run_hours(spark, beacons, 2)
+    assert metric(hour0, "visits") == 1.0
+    assert metric(hour0, "bounces") == 0.0  # continued at 01:10, 20 minutes later
+    assert metric(hour1, "visits") == 0.0  # the visit started in hour 0
+    assert metric(hour1, "orders") == 1.0
+    assert metric(hour1, "page_views") == 1.0
+
+
+def test_visit_not_continued_after_the_gap(spark):
+    beacons = [b(at(0, 50)), b(at(1, 26))]  # 36 minutes later: a new visit
+    hour0, hour1 = run_hours(spark, beacons, 2)
+    assert (metric(hour0, "visits"), metric(hour0, "bounces")) == (1.0, 1.0)
+    assert (metric(hour1, "visits"), metric(hour1, "bounces")) == (1.0, 1.0)
+
+
+def test_order_id_counted_once_per_visit_and_across_hours(spark):
+    first = {"order_id": "o1", "revenue": 10.0, "units": 2}
+    reload = {"order_id": "o1", "revenue": 99.0, "units": 9}
+    other = {"order_id": "o2", "revenue": 5.5, "units": 1}
+    beacons = [
+        b(at(0, 40), "order", order=first),
+        b(at(0, 45), "order", order=reload),  # same visit, same order: adds nothing
+        b(at(1, 5), "order", order=reload),  # carried into hour 1: still nothing
+        b(at(1, 6), "order", order=other),
+        b(at(3, 0), "order", order=reload),  # a new visit: o1 counts again
+    ]
+    hours = run_hours(spark, beacons, 4)
+    assert [metric(h, "orders") for h in hours] == [1.0, 1.0, None, 1.0]
+    assert [metric(h, "units") for h in hours] == [2.0, 1.0, None, 9.0]
+    assert [metric(h, "revenue") for h in hours] == [10.0, 5.5, None, 99.0]
+
+
+def test_single_page_view_continued_next_hour_is_not_a_bounce(spark):
+    beacons = [
+        b(at(0, 59), session="s1"),
+        b(at(1, 30), "add_to_cart", session="s1"),
+        b(at(0, 10), session="s2", visitor="v2"),  # a true bounce
+        b(at(0, 20), "error", session="s3", visitor="v3"),  # single error: not a bounce
+        b(at(0, 30), "order", session="s4", visitor="v4"),  # single order: not a bounce
+    ]
+    hour0, _ = run_hours(spark, beacons, 2)
+    assert metric(hour0, "visits") == 4.0
+    assert metric(hour0, "bounces") == 1.0
+    assert metric(hour0, "errors") == 1.0
+    assert metric(hour0, "visitors") == 4.0
+
+
+def test_populations_assigned_and_qualified(spark):
+    beacons = [
+        b(at(0, 1), exps=[("exp", "A", False)]),
+        b(at(0, 2), exps=[("exp", "A", True)]),  # first qualified beacon of the visit
+        b(at(0, 3), exps=[("exp", "A", True)], perf={"page_load_ms": 300}),
+        b(at(0, 4), session="s2", visitor="v2", exps=[("exp", "B", False), ("other", "x", True)]),
+    ]
+    (hour0,) = run_hours(spark, beacons, 1)
+    assert metric(hour0, "page_views") == 3.0
+    assert metric(hour0, "page_views", ("exp", "A", "qualified")) == 2.0
+    assert metric(hour0, "visits", ("exp", "A", "qualified")) == 1.0
+    assert metric(hour0, "page_load_ms_sum", ("exp", "A", "qualified")) == 300.0
+    assert metric(hour0, "page_load_ms_count") == 1.0
+    assert metric(hour0, "visits", ("exp", "B", "assigned")) == 1.0
+    assert metric(hour0, "visits", ("exp", "B", "qualified")) is None  # no row of zeros
+    assert metric(hour0, "bounces", ("other", "x", "qualified")) == 1.0
+
+
+def test_visit_enters_a_population_late(spark):
+    """A visit counts for P in the hour of its first beacon in P, not of its first beacon."""
+    beacons = [b(at(0, 50), exps=[]), b(at(1, 5), exps=[("exp", "A", False)])]
+    hour0, hour1 = run_hours(spark, beacons, 2)
+    assert metric(hour0, "visits") is None
+    assert metric(hour1, "visits") == 1.0
+    assert metric(hour1, "bounces") == 0.0  # the visit has two beacons
+
+
+def test_experiment_listed_twice_counts_first_entry(spark):
+    beacons = [b(at(0, 1), exps=[("exp", "A", False), ("exp", "B", True)])]
+    (hour0,) = run_hours(spark, beacons, 1)
+    assert metric(hour0, "page_views") == 1.0
+    assert metric(hour0, "page_views", ("exp", "B", "assigned")) is None
+    assert metric(hour0, "page_views", ("exp", "A", "qualified")) is None
+
+
+def test_visitors_and_visitors_24h(spark):
+    beacons = [
+        b(at(0, 1), session="s1", visitor="v1"),
+        b(at(0, 2), session="s1", visitor="v1"),
+        b(at(0, 3), session="s2", visitor="v2"),
+        b(at(23, 5), session="s3", visitor="v3"),
+        b(at(23, 6), session="s1b", visitor="v1"),
+        b(at(24, 0), session="s4", visitor="v4"),
+    ]
+    hours = run_hours(spark, beacons, 25)
+    assert metric(hours[0], "visitors") == 2.0
+    assert metric(hours[0], "visitors_24h") == 2.0
+    assert metric(hours[23], "visitors") == 2.0
+    assert metric(hours[23], "visitors_24h") == 3.0  # v1, v2 (hour 0) and v3
+    assert metric(hours[24], "visitors_24h") == 3.0  # hour 0 has left the window: v1, v3, v4
+    assert all(metric(hours[h], "visitors_24h") is None for h in range(1, 23))
+
+
+def test_sessions_rows_carry_state(spark):
+    beacons = [b(at(0, 55), "order"), b(at(1, 5))]
+    lines = spark.createDataFrame([(json.dumps(x),) for x in beacons[:1]], "value string")
+    counted = bc.counted_beacons(bc.classify_hour(lines, hour_start_ms(H0) // HOUR_MS))
+    rows = build_sessions(counted, spark.createDataFrame([], SESSIONS_SCHEMA), hour_start_ms(H0))
+    (row,) = rows.collect()
+    assert row["visit_id"] == f"s1#{at(0, 55)}"
+    assert (row["beacon_count"], row["order_ids"], row["continued"]) == (1, ["o1"], False)
+    assert sorted(p["population"] for p in row["populations"]) == ["assigned", "qualified"]
+    hour1 = H0 + timedelta(hours=1)
+    lines = spark.createDataFrame([(json.dumps(beacons[1]),)], "value string")
+    counted = bc.counted_beacons(bc.classify_hour(lines, hour_start_ms(hour1) // HOUR_MS))
+    (row1,) = build_sessions(counted, rows, hour_start_ms(hour1)).collect()
+    assert row1["visit_id"] == row["visit_id"]
+    assert (row1["beacon_count"], row1["continued"], row1["first_ts"]) == (2, True, at(0, 55))
+    assert row1["order_ids"] == ["o1"]
+    assert rows.where(F.size("facts") > 0).count() == 1
