@@ -48,8 +48,9 @@ def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> 
     files = lake.landing_files(settings, hour)
     if not files:
         log.info("hour %s has no landing files: an empty hour", hour_label(hour))
-    classified = bc.classify_hour(lake.read_landing(spark, files), int(hour_start_ms(hour)
-                                                                       // HOUR_MS))
+    classified = bc.classify_hour(
+        lake.read_landing(spark, files), int(hour_start_ms(hour) // HOUR_MS)
+    )
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         lake.write_partition(bc.counted_beacons(classified), settings, "beacons", hour)
@@ -71,20 +72,24 @@ def quality_points(settings: Settings, spark: SparkSession, hour: datetime) -> l
     """The hour's data-quality points (METRICS.md section 5), read back from the tables."""
     valid = lake.count_rows(lake.read_partitions(spark, settings, "beacons", [hour]))
     rejects = lake.read_partitions(spark, settings, "beacon_rejects", [hour])
-    by_reason = {r["reason"]: r["n"] for r in rejects.groupBy("reason").count()
-                 .withColumnRenamed("count", "n").collect()}
+    by_reason = {
+        r["reason"]: r["n"]
+        for r in rejects.groupBy("reason").count().withColumnRenamed("count", "n").collect()
+    }
     counts = {
         "beacons_total": valid + sum(by_reason.values()),
         "beacons_valid": valid,
         "beacons_duplicate": by_reason.get(bc.DUPLICATE, 0),
         **{f"beacons_rejected_{r}": by_reason.get(r, 0) for r in bc.REJECT_REASONS},
     }
-    return [Point(m, "", "", "", hour_iso(hour), "batch", float(counts[m])) for m in
-            QUALITY_METRICS]
+    return [
+        Point(m, "", "", "", hour_iso(hour), "batch", float(counts[m])) for m in QUALITY_METRICS
+    ]
 
 
-def write_quality(spark: SparkSession, settings: Settings, store: MetricStore,
-                  hour: datetime) -> StepResult:
+def write_quality(
+    spark: SparkSession, settings: Settings, store: MetricStore, hour: datetime
+) -> StepResult:
     """Write the hour's data-quality points, layer batch."""
     points = quality_points(settings, spark, hour)
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=QUALITY_METRICS)
@@ -141,16 +146,25 @@ def process_metrics(
     )
     rows = to_long(wide).collect()
     points = [
-        Point(r["metric"], r["experiment"], r["variant"], r["population"], hour_iso(hour),
-              "batch", float(r["value"] or 0.0))
+        Point(
+            r["metric"],
+            r["experiment"],
+            r["variant"],
+            r["population"],
+            hour_iso(hour),
+            "batch",
+            float(r["value"] or 0.0),
+        )
         for r in rows
     ]
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
     keys = {tuple(r[k] for k in KEY) for r in rows}
     preview = sorted(
-        ({**dict(zip(KEY, key, strict=True)), "metric": m, "value": v}
-         for key, m, v in ((tuple(r[k] for k in KEY), r["metric"], r["value"]) for r in rows)
-         if m in ("visitors", "visits", "orders")),
+        (
+            {**dict(zip(KEY, key, strict=True)), "metric": m, "value": v}
+            for key, m, v in ((tuple(r[k] for k in KEY), r["metric"], r["value"]) for r in rows)
+            if m in ("visitors", "visits", "orders")
+        ),
         key=lambda d: (d["experiment"], d["variant"], d["population"], d["metric"]),
-    )[:PREVIEW_ROWS * 3]
+    )[: PREVIEW_ROWS * 3]
     return StepResult(hour, {"keys": len(keys), "points": len(points)}, preview)

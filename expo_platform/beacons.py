@@ -49,9 +49,7 @@ def _is_integer(kind: Column) -> Column:
 
 
 def _is_number(kind: Column) -> Column:
-    return (
-        _is_integer(kind) | kind.isin("DOUBLE", "FLOAT") | kind.startswith("DECIMAL")
-    )
+    return _is_integer(kind) | kind.isin("DOUBLE", "FLOAT") | kind.startswith("DECIMAL")
 
 
 def _string_status(v: Column, path: str) -> Column:

@@ -7,9 +7,9 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.errors import AnalysisException
 
 from expo_platform.beacons import BEACON_SCHEMA, REJECT_SCHEMA
 from expo_platform.errors import ExpoError

@@ -21,9 +21,19 @@ SUMMED = (
     "page_load_ms_sum",
     "page_load_ms_count",
 )
-EXPERIMENT_METRICS = ("page_views", "visitors", "visits", "bounces", "orders", "units",
-                      "revenue", "errors", "page_load_ms_sum", "page_load_ms_count",
-                      "visitors_24h")
+EXPERIMENT_METRICS = (
+    "page_views",
+    "visitors",
+    "visits",
+    "bounces",
+    "orders",
+    "units",
+    "revenue",
+    "errors",
+    "page_load_ms_sum",
+    "page_load_ms_count",
+    "visitors_24h",
+)
 assert set(SUMMED) - {"visits", "bounces"} <= set(FACT_FIELDS)
 
 
@@ -67,8 +77,9 @@ def hourly_metrics(
         *[F.sum(name).alias(name) for name in SUMMED],
     )
     rolling = (
-        distinct_visitors(last_24h_sessions).groupBy(*KEY).agg(F.count(F.lit(1)).alias(
-            "visitors_24h"))
+        distinct_visitors(last_24h_sessions)
+        .groupBy(*KEY)
+        .agg(F.count(F.lit(1)).alias("visitors_24h"))
     )
     # Only keys with beacons in the hour get a row.
     return hourly.join(rolling, list(KEY), "left").select(

@@ -138,7 +138,9 @@ class Settings:
         return conf
 
 
-SETTINGS_DOC = [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]
+SETTINGS_DOC = [
+    (f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)
+]
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -102,9 +102,7 @@ def assign_visits(beacons: DataFrame, carried: DataFrame) -> DataFrame:
     }
     rows = rows.withColumns(carried_state)
     # With a carried row present its state wins below, so the first row may be either.
-    first_beacon = F.min_by(F.struct("ts", "visitor_id"), F.struct("ts", "event_id")).over(
-        in_visit
-    )
+    first_beacon = F.min_by(F.struct("ts", "visitor_id"), F.struct("ts", "event_id")).over(in_visit)
     first_ts = F.coalesce(F.col("carry_first_ts"), first_beacon["ts"])
     new_beacons = F.count(F.when(~F.col("is_carry"), 1)).over(in_visit)
     return (
@@ -135,9 +133,7 @@ def assign_visits(beacons: DataFrame, carried: DataFrame) -> DataFrame:
 
 def mark_counted_orders(visited: DataFrame) -> DataFrame:
     """`order_counted`: an order beacon that is the first of its order_id in its visit."""
-    same_order = Window.partitionBy("session_id", "visit_seq", "order_id").orderBy(
-        "ts", "event_id"
-    )
+    same_order = Window.partitionBy("session_id", "visit_seq", "order_id").orderBy("ts", "event_id")
     first_in_visit = F.row_number().over(same_order) == 1
     is_counted = (
         (F.col("type") == "order")
@@ -167,9 +163,7 @@ def population_facts(visited: DataFrame) -> DataFrame:
             "page_views": is_page_view.cast("bigint"),
             "visit_starts": starts_visit.cast("bigint"),
             # Final only once the next hour shows whether the visit went on.
-            "bounce_candidates": (is_page_view & (F.col("visit_beacon_count") == 1)).cast(
-                "bigint"
-            ),
+            "bounce_candidates": (is_page_view & (F.col("visit_beacon_count") == 1)).cast("bigint"),
             "orders": counted.cast("bigint"),
             "units": F.when(counted, F.col("units")).otherwise(0),
             "revenue": F.when(counted, F.col("revenue")).otherwise(0.0),
@@ -193,9 +187,7 @@ def visit_states(visited: DataFrame) -> DataFrame:
         F.max("ts").alias("last_ts"),
         F.first("visit_beacon_count").alias("beacon_count"),
         F.first("continued").alias("continued"),
-        F.array_union(
-            F.first("carry_order_ids"), F.collect_set(counted_order)
-        ).alias("order_ids"),
+        F.array_union(F.first("carry_order_ids"), F.collect_set(counted_order)).alias("order_ids"),
         F.array_union(
             F.first("carry_populations"),
             F.array_distinct(F.flatten(F.collect_list(populations(F.col("experiments"))))),

@@ -77,8 +77,10 @@ CASES = [
     (beacon(visitor_id=["v"]), "bad_field"),
     (beacon(ts=str(TS)), "bad_field"),
     (beacon(ts=TS + 0.5), "bad_field"),
-    ('{"event_id":"e","visitor_id":"v","session_id":"s","ts":%d.0,"type":"error"}' % TS,
-     "bad_field"),
+    (
+        f'{{"event_id":"e","visitor_id":"v","session_id":"s","ts":{TS}.0,"type":"error"}}',
+        "bad_field",
+    ),
     (beacon(ts=0), "bad_field"),
     (beacon(ts=-5), "bad_field"),
     (beacon(ts=10**30), "bad_field"),

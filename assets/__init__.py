@@ -1,0 +1,1 @@
+"""Dagster assets and asset checks of the batch layer: each one reads, calls the library, writes."""

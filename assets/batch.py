@@ -1,0 +1,181 @@
+"""The hourly batch assets: beacons -> sessions -> experiment metrics, plus data quality."""
+
+from collections.abc import Iterator
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from assets.partitions import HOURLY, SPARK_POOL, partition_hour
+from expo_platform import batch
+from expo_platform.beacons import REJECT_REASONS
+from expo_platform.hours import hour_iso
+from resources import ExpoResource, MetricStoreResource
+
+GROUP = "batch"
+PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+# experiment_metrics[H] reads sessions[H - 23h .. H + 1h]: visitors_24h and final bounces.
+METRICS_WINDOW = dg.TimeWindowPartitionMapping(
+    start_offset=-23, end_offset=1, allow_nonexistent_upstream_partitions=True
+)
+
+
+def markdown_table(rows: list[dict]) -> dg.MetadataValue:
+    """A preview of rows as a Markdown table for the Dagster UI."""
+    if not rows:
+        return dg.MetadataValue.md("(no rows)")
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in header) + " |" for r in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "beacons",
+            group_name=GROUP,
+            description="Validated, de-duplicated beacons of the hour, columnar (Parquet).",
+        ),
+        dg.AssetSpec(
+            "beacon_rejects",
+            group_name=GROUP,
+            description="The quarantine: raw text and reason of every line that does not count.",
+        ),
+    ],
+    partitions_def=HOURLY,
+    pool=SPARK_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "reject_rate_below_threshold",
+            asset="beacons",
+            blocking=True,
+            description="Stops an hour whose share of rejected lines passes EXPO_MAX_REJECT_RATE.",
+        )
+    ],
+)
+def beacons(
+    context: dg.AssetExecutionContext, pyspark: PySparkResource, expo: ExpoResource
+) -> Iterator:
+    """Parse, validate and de-duplicate the hour's landing files."""
+    settings = expo.settings()
+    result = batch.process_beacons(pyspark.spark_session, settings, partition_hour(context))
+    counts = result.counts
+    rejected = {r: counts[f"beacons_rejected_{r}"] for r in REJECT_REASONS}
+    total = counts["beacons_total"]
+    yield dg.MaterializeResult(
+        asset_key="beacons",
+        metadata={
+            "landing_files": counts["files"],
+            "beacons_total": total,
+            "rows": counts["beacons_valid"],
+            "duplicates": counts["beacons_duplicate"],
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="beacon_rejects",
+        metadata={
+            "rows": sum(rejected.values()) + counts["beacons_duplicate"],
+            **{f"rejected_{r}": n for r, n in rejected.items()},
+            "duplicates": counts["beacons_duplicate"],
+            "preview": markdown_table(result.preview),
+        },
+    )
+    rate = sum(rejected.values()) / total if total else 0.0
+    yield dg.AssetCheckResult(
+        asset_key="beacons",
+        check_name="reject_rate_below_threshold",
+        passed=rate <= settings.max_reject_rate,
+        metadata={"reject_rate": rate, "threshold": settings.max_reject_rate, **rejected},
+    )
+
+
+@dg.asset(
+    partitions_def=HOURLY,
+    pool=SPARK_POOL,
+    group_name=GROUP,
+    deps=["beacons", "beacon_rejects"],
+    description="Data-quality metrics of the hour (METRICS.md section 5), layer batch.",
+)
+def data_quality(
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    expo: ExpoResource,
+    metric_store: MetricStoreResource,
+) -> dg.MaterializeResult:
+    """Count total, valid, duplicate and rejected beacons per reason into the metric store."""
+    with metric_store.open() as store:
+        result = batch.write_quality(
+            pyspark.spark_session, expo.settings(), store, partition_hour(context)
+        )
+    return dg.MaterializeResult(metadata={**result.counts, "points_written": len(result.counts)})
+
+
+@dg.asset(
+    partitions_def=HOURLY,
+    pool=SPARK_POOL,
+    group_name=GROUP,
+    deps=["beacons", dg.AssetDep("sessions", partition_mapping=PREVIOUS_HOUR)],
+    description=(
+        "Hive external table (ORC, partitioned by hourly_partitioner): one row per visit active "
+        "in the hour, with its carried state and the hour's facts per population."
+    ),
+)
+def sessions(
+    context: dg.AssetExecutionContext, pyspark: PySparkResource, expo: ExpoResource
+) -> dg.MaterializeResult:
+    """Sessionize the hour's beacons, continuing the visits still open at the end of H-1."""
+    settings = expo.settings()
+    result = batch.process_sessions(pyspark.spark_session, settings, partition_hour(context))
+    return dg.MaterializeResult(
+        metadata={**result.counts, "table": f"{settings.hive_database}.sessions"}
+    )
+
+
+SANITY_RULES = (
+    ("bounces <= visits", lambda m: m.get("bounces", 0) <= m.get("visits", 0)),
+    ("visitors <= visitors_24h", lambda m: m.get("visitors", 0) <= m.get("visitors_24h", 0)),
+    (
+        "page_load_ms_count <= page_views",
+        lambda m: m.get("page_load_ms_count", 0) <= m.get("page_views", 0),
+    ),
+    ("no negative value", lambda m: min(m.values()) >= 0),
+)
+
+
+@dg.asset(
+    partitions_def=HOURLY,
+    pool=SPARK_POOL,
+    group_name=GROUP,
+    deps=[dg.AssetDep("sessions", partition_mapping=METRICS_WINDOW)],
+    check_specs=[dg.AssetCheckSpec("metric_sanity", asset="experiment_metrics")],
+    description="Hourly experiment metrics (METRICS.md section 4), layer batch, in the store.",
+)
+def experiment_metrics(
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    expo: ExpoResource,
+    metric_store: MetricStoreResource,
+) -> Iterator:
+    """Compute the hour's metrics from sessions[H] and sessions[H+1] and write layer batch."""
+    hour = partition_hour(context)
+    with metric_store.open() as store:
+        result = batch.process_metrics(pyspark.spark_session, expo.settings(), store, hour)
+        # The check reads back what the store holds, not what was computed.
+        points = store.query(layer="batch", hour_from=hour_iso(hour), hour_to=hour_iso(hour))
+    yield dg.MaterializeResult(
+        metadata={**result.counts, "preview": markdown_table(result.preview)}
+    )
+    by_key: dict[tuple, dict[str, float]] = {}
+    for p in points:
+        by_key.setdefault((p.experiment, p.variant, p.population), {})[p.metric] = p.value
+    broken = [
+        f"{'/'.join(key)}: {name}"
+        for key, values in sorted(by_key.items())
+        for name, rule in SANITY_RULES
+        if not rule(values)
+    ]
+    yield dg.AssetCheckResult(
+        check_name="metric_sanity",
+        passed=not broken,
+        metadata={"keys_checked": len(by_key), "violations": "\n".join(broken) or "none"},
+    )

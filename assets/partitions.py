@@ -1,0 +1,21 @@
+"""The hourly and daily partitions every batch asset shares."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+
+from expo_platform.hours import KEY_FORMAT, parse_hour
+from expo_platform.settings import load_settings
+
+HOURLY = dg.HourlyPartitionsDefinition(
+    start_date=load_settings().partitions_start.strftime(KEY_FORMAT), fmt=KEY_FORMAT
+)
+
+SPARK_POOL = "spark"  # the embedded Derby metastore admits one process: one Spark run at a time
+
+
+def partition_hour(context: dg.AssetExecutionContext) -> datetime:
+    """The hour of the partition being materialized."""
+    return parse_hour(context.partition_key)

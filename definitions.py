@@ -1,0 +1,25 @@
+"""The Dagster code location of Expo: `dagster dev -w workspace.yaml` loads `defs`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.batch import beacons, data_quality, experiment_metrics, sessions
+from expo_platform.settings import Settings, load_settings
+from resources import build_resources
+from sensors.jobs import hourly_ingest_job, hourly_metrics_job
+from sensors.schedules import hourly_ingest_schedule, metrics_after_ingest
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    """Every asset, job, schedule and sensor, with resources made from `settings`."""
+    return dg.Definitions(
+        assets=[beacons, data_quality, sessions, experiment_metrics],
+        jobs=[hourly_ingest_job, hourly_metrics_job],
+        schedules=[hourly_ingest_schedule],
+        sensors=[metrics_after_ingest],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_defs(load_settings())

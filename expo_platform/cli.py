@@ -1,0 +1,214 @@
+"""The `expo` command line: generate traffic, run the batch layer, read metrics and quality."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from expo_platform.errors import ExpoError
+from expo_platform.hours import hour_iso, hour_label, parse_hour
+from expo_platform.logs import configure_logging
+from expo_platform.settings import SETTINGS_DOC, Settings, load_settings
+
+log = logging.getLogger("expo")
+
+POINT_COLUMNS = ("metric", "experiment", "variant", "population", "hour", "value")
+QUALITY_COLUMNS = ("metric", "hour", "value")
+
+
+def format_value(value: float) -> str:
+    """Counts print as integers, amounts with at most six decimals."""
+    return str(int(value)) if float(value).is_integer() else repr(round(value, 6))
+
+
+def write_rows(rows: list[dict], columns: Sequence[str], fmt: str, out=None) -> None:
+    """Print rows as an aligned table, CSV with exactly `columns`, or JSON."""
+    out = out or sys.stdout
+    if fmt == "json":
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return
+    text = [{c: format_value(r[c]) if c == "value" else str(r[c]) for c in columns} for r in rows]
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(text)
+        return
+    widths = {c: max([len(c), *(len(r[c]) for r in text)]) for c in columns}
+    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for r in text:
+        out.write("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() + "\n")
+    if not rows:
+        out.write("(no points)\n")
+
+
+def _hour_arg(text: str):
+    try:
+        return parse_hour(text)
+    except ExpoError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def project_dir() -> Path:
+    """The folder of `definitions.py`: EXPO_PROJECT_DIR, else the nearest one up from here."""
+    if os.environ.get("EXPO_PROJECT_DIR"):
+        return Path(os.environ["EXPO_PROJECT_DIR"]).resolve()
+    for folder in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parent.parent):
+        if (folder / "definitions.py").is_file() and (folder / "workspace.yaml").is_file():
+            return folder
+    raise ExpoError("cannot find the project (definitions.py): run from it or set EXPO_PROJECT_DIR")
+
+
+def prepare_dagster_home(settings: Settings, project: Path) -> None:
+    """Point DAGSTER_HOME at the settings' folder, with the project's dagster.yaml in it."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(project / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+
+
+def load_orchestration():
+    """The Dagster side (definitions and the batch runner), kept outside the library."""
+    project = project_dir()
+    if str(project) not in sys.path:
+        sys.path.insert(0, str(project))
+    definitions = importlib.import_module("definitions")
+    runner = importlib.import_module("sensors.batch_runner")
+    return project, definitions.build_defs, runner.run_batch
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from expo_platform.generator import GeneratorConfig, write_landing
+
+    config = GeneratorConfig(
+        start=args.start,
+        hours=args.hours,
+        visitors=args.visitors,
+        seed=args.seed,
+        dirty_fraction=args.dirty,
+    )
+    report = write_landing(config, settings.landing_dir, progress=print)
+    rejects = ", ".join(f"{k} {v:,}" for k, v in sorted(report.rejects.items()))
+    print(
+        f"wrote {sum(report.lines_by_hour.values()):,} lines in {len(report.files)} files under "
+        f"{settings.landing_dir}: {report.clean:,} clean, {report.duplicates:,} duplicates"
+        + (f", rejects: {rejects}" if rejects else "")
+    )
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
+    from expo_platform.lake import require_lake
+
+    require_lake(settings)
+    project, build_defs, run_batch = load_orchestration()
+    prepare_dagster_home(settings, project)
+    defs = build_defs(settings)
+    print(
+        f"batch {hour_label(args.first)} .. {hour_label(args.last)} on {settings.spark_master}, "
+        f"lake {settings.lake}, runs recorded in {settings.dagster_home}"
+    )
+    done = run_batch(defs, args.first, args.last, progress=print)
+    print(f"done: {done['ingested']} hours ingested, metrics of {done['metrics']} hours written")
+
+
+def _open_store(settings: Settings):
+    from expo_platform.store import MetricStore
+
+    return MetricStore(settings.metric_store)
+
+
+def cmd_metrics(args: argparse.Namespace, settings: Settings) -> None:
+    with _open_store(settings) as store:
+        points = store.query(
+            layer=args.layer,
+            experiment=args.experiment,
+            hour_from=hour_iso(args.first) if args.first else None,
+            hour_to=hour_iso(args.last) if args.last else None,
+        )
+    rows = [{c: getattr(p, c) for c in POINT_COLUMNS} for p in points]
+    write_rows(rows, POINT_COLUMNS, args.format)
+
+
+def cmd_quality(args: argparse.Namespace, settings: Settings) -> None:
+    with _open_store(settings) as store:
+        points = store.query(
+            layer="batch",
+            quality=True,
+            hour_from=hour_iso(args.first) if args.first else None,
+            hour_to=hour_iso(args.last) if args.last else None,
+        )
+    rows = sorted(
+        ({"metric": p.metric, "hour": p.hour, "value": p.value} for p in points),
+        key=lambda r: (r["metric"], r["hour"]),
+    )
+    write_rows(rows, QUALITY_COLUMNS, args.format)
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
+    for env, default, doc in SETTINGS_DOC:
+        print(f"{env:28} {default!s:34} {doc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write synthetic click stream into the landing zone")
+    gen.add_argument("--start", type=_hour_arg, default=parse_hour("2026-03-02T00"))
+    gen.add_argument("--hours", type=int, default=24)
+    gen.add_argument("--visitors", type=int, default=5000)
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--dirty", type=float, default=0.02, help="share of dirty lines (0..0.5)")
+    gen.set_defaults(func=cmd_generate)
+
+    bat = sub.add_parser("batch", help="materialize the hourly batch graph for a range of hours")
+    bat.add_argument("--from", dest="first", type=_hour_arg, required=True)
+    bat.add_argument("--to", dest="last", type=_hour_arg, required=True)
+    bat.set_defaults(func=cmd_batch)
+
+    met = sub.add_parser("metrics", help="print experiment metrics from the store")
+    met.add_argument("--layer", choices=("batch", "speed", "merged"), default="merged")
+    met.add_argument("--experiment")
+    met.add_argument("--from", dest="first", type=_hour_arg)
+    met.add_argument("--to", dest="last", type=_hour_arg)
+    met.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    met.set_defaults(func=cmd_metrics)
+
+    qual = sub.add_parser("quality", help="print data-quality metrics (batch layer)")
+    qual.add_argument("--from", dest="first", type=_hour_arg)
+    qual.add_argument("--to", dest="last", type=_hour_arg)
+    qual.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    qual.set_defaults(func=cmd_quality)
+
+    st = sub.add_parser("settings", help="list the settings and their environment variables")
+    st.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `expo` command; errors print as one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        args.func(args, settings)
+    except ExpoError as exc:
+        print(f"expo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("expo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

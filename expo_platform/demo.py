@@ -1,0 +1,135 @@
+"""`make demo`: a day of traffic for three experiments through the batch layer, then a summary.
+
+Runs on the embedded defaults (local Spark, the project-local lake, SQLite).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from datetime import timedelta
+
+from expo_platform.errors import ExpoError
+from expo_platform.hours import hour_iso, hour_label, parse_hour
+from expo_platform.logs import configure_logging
+from expo_platform.settings import Settings, load_settings
+from expo_platform.store import MetricStore, Point
+
+DEMO_START = parse_hour("2026-03-02T00")
+DEMO_HOURS = 24
+DEMO_VISITORS = 20_000
+
+
+def summarize(points: list[Point], last_hour: str) -> list[dict]:
+    """Per experiment and variant (assigned population): totals and ratios over the day."""
+    sums: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for p in points:
+        if p.population != "assigned":
+            continue
+        key = (p.experiment, p.variant)
+        if p.metric == "visitors_24h":
+            if p.hour == last_hour:
+                sums[key]["visitors_day"] = p.value
+        else:
+            sums[key][p.metric] += p.value
+    rows = []
+    for (experiment, variant), s in sorted(sums.items()):
+        visitors = s.get("visitors_day", 0.0)
+        rows.append(
+            {
+                "experiment": experiment,
+                "variant": variant,
+                "visitors": int(visitors),
+                "visits": int(s["visits"]),
+                "orders": int(s["orders"]),
+                "bounce_rate": _ratio(s["bounces"], s["visits"]),
+                "error_rate": _ratio(s["errors"], s["page_views"]),
+                "orders_per_visit": _ratio(s["orders"], s["visits"]),
+                "revenue_per_visitor": _ratio(s["revenue"], visitors),
+                "mean_page_load_ms": _ratio(s["page_load_ms_sum"], s["page_load_ms_count"]),
+            }
+        )
+    return rows
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def print_summary(rows: list[dict]) -> None:
+    """An aligned table of the summary rows."""
+    columns = list(rows[0]) if rows else []
+    text = [
+        {
+            c: (f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v))
+            for c, v in r.items()
+        }
+        for r in rows
+    ]
+    widths = {c: max(len(c), *(len(r[c]) for r in text)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in text:
+        print("  ".join(r[c].rjust(widths[c]) for c in columns))
+
+
+def run(settings: Settings) -> None:
+    """Generate, process and summarize the demo day."""
+    from expo_platform.cli import load_orchestration, prepare_dagster_home
+    from expo_platform.generator import GeneratorConfig, write_landing
+
+    started = time.monotonic()
+    last = DEMO_START + timedelta(hours=DEMO_HOURS - 1)
+    print(
+        f"1/3 generating {DEMO_HOURS} hours of traffic from {DEMO_VISITORS:,} visitors "
+        f"into {settings.landing_dir}"
+    )
+    config = GeneratorConfig(
+        start=DEMO_START, hours=DEMO_HOURS, visitors=DEMO_VISITORS, seed=7, dirty_fraction=0.02
+    )
+    report = write_landing(config, settings.landing_dir, progress=lambda line: print("   ", line))
+    print(f"    {sum(report.lines_by_hour.values()):,} lines written")
+
+    print(
+        f"2/3 batch layer over {hour_label(DEMO_START)} .. {hour_label(last)} "
+        "(Spark local, Dagster runs recorded)"
+    )
+    project, build_defs, run_batch = load_orchestration()
+    prepare_dagster_home(settings, project)
+    run_batch(build_defs(settings), DEMO_START, last, progress=lambda line: print("   ", line))
+
+    print("3/3 summary per experiment and variant, assigned population, whole day")
+    with MetricStore(settings.metric_store) as store:
+        points = store.query(layer="batch", hour_from=hour_iso(DEMO_START), hour_to=hour_iso(last))
+        quality = store.query(
+            layer="batch", quality=True, hour_from=hour_iso(DEMO_START), hour_to=hour_iso(last)
+        )
+    print_summary(summarize(points, hour_iso(last)))
+    totals: dict[str, float] = defaultdict(float)
+    for p in quality:
+        totals[p.metric] += p.value
+    print(
+        "data quality: "
+        + ", ".join(f"{k.removeprefix('beacons_')} {int(v):,}" for k, v in sorted(totals.items()))
+    )
+    print(
+        f"done in {time.monotonic() - started:.0f}s. Metrics: .venv/bin/expo metrics "
+        f"--experiment checkout-button --format table"
+    )
+    print("Open the Dagster UI (asset graph, runs, backfills): make ui, then http://127.0.0.1:3000")
+
+
+def main() -> int:
+    """Entry point of `python -m expo_platform.demo`."""
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        run(settings)
+    except ExpoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`expo batch`: materialize a range of hours through Dagster, in-process, hour by hour.
+
+Every run is recorded in the Dagster instance under DAGSTER_HOME, so the UI shows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import dagster as dg
+
+from assets.partitions import HOURLY
+from expo_platform.errors import ExpoError
+from expo_platform.hours import ONE_HOUR, hour_key, hour_label, hour_range, parse_hour
+
+log = logging.getLogger(__name__)
+
+
+def _check_range(first: datetime, last: datetime) -> datetime:
+    """Fail clearly on hours outside the partitions; return the newest partition's hour."""
+    oldest = parse_hour(HOURLY.get_first_partition_key())
+    newest_key = HOURLY.get_last_partition_key()
+    newest = parse_hour(newest_key) if newest_key else oldest
+    for hour in (first, last):
+        if not oldest <= hour <= newest:
+            raise ExpoError(
+                f"hour {hour_label(hour)} is outside the hourly partitions "
+                f"({hour_label(oldest)} .. {hour_label(newest)})"
+            )
+    if last < first:
+        raise ExpoError(f"--from {hour_label(first)} is after --to {hour_label(last)}")
+    return newest
+
+
+def _one_line(message: str) -> str:
+    """An error message folded onto one line, without the exception class prefix."""
+    text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    return text.split(": ", 1)[1] if text.startswith("dagster.") and ": " in text else text
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    """The first error message of a failed run, on one line."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            return _one_line(event.step_failure_data.error.message)
+    for event in result.all_events:
+        if event.is_failure and event.message:
+            return _one_line(event.message)
+    return "the run failed"
+
+
+def _execute(job: dg.JobDefinition, hour: datetime, instance: dg.DagsterInstance) -> float:
+    started = time.monotonic()
+    result = job.execute_in_process(
+        partition_key=hour_key(hour), instance=instance, raise_on_error=False
+    )
+    if not result.success:
+        raise ExpoError(
+            f"{job.name} of {hour_label(hour)} failed (run {result.run_id}): {_failure(result)}"
+        )
+    return time.monotonic() - started
+
+
+def run_batch(
+    defs: dg.Definitions,
+    first: datetime,
+    last: datetime,
+    progress: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Ingest hours first..last+1 and compute the metrics of first..last, in dependency order.
+
+    Metrics of an hour are final once the next hour is in, so the hour after `last` is
+    ingested too when it exists; otherwise the metrics of `last` wait, and that is said.
+    """
+    newest = _check_range(first, last)
+    instance = dg.DagsterInstance.get()
+    ingest = defs.resolve_job_def("hourly_ingest")
+    metrics = defs.resolve_job_def("hourly_metrics")
+    ingest_last = min(last + ONE_HOUR, newest)
+    hours = list(hour_range(first, ingest_last))
+    done = {"ingested": 0, "metrics": 0}
+    for step, hour in enumerate(hours, start=1):
+        seconds = _execute(ingest, hour, instance)
+        done["ingested"] += 1
+        line = f"[{step}/{len(hours)}] {hour_label(hour)} ingested in {seconds:.1f}s"
+        previous = hour - ONE_HOUR
+        if first <= previous <= last:
+            seconds = _execute(metrics, previous, instance)
+            done["metrics"] += 1
+            line += f"; metrics of {hour_label(previous)} in {seconds:.1f}s"
+        progress(line)
+    if ingest_last == last:
+        progress(
+            f"metrics of {hour_label(last)} wait for hour {hour_label(last + ONE_HOUR)}, "
+            "which has not ended yet"
+        )
+    return done

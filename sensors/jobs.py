@@ -1,0 +1,23 @@
+"""Jobs of the batch layer: ingest an hour, then compute the metrics of the hour before it."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.partitions import HOURLY
+
+INGEST_ASSETS = ("beacons", "beacon_rejects", "data_quality", "sessions")
+
+hourly_ingest_job = dg.define_asset_job(
+    "hourly_ingest",
+    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+    partitions_def=HOURLY,
+    description="Validate an hour's landing files, count its data quality, sessionize it.",
+)
+
+hourly_metrics_job = dg.define_asset_job(
+    "hourly_metrics",
+    selection=dg.AssetSelection.assets("experiment_metrics"),
+    partitions_def=HOURLY,
+    description="Experiment metrics of an hour; needs the sessions of the hour after it.",
+)

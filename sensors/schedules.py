@@ -1,0 +1,62 @@
+"""The hourly schedule, and the sensor that computes metrics once the next hour is in."""
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from expo_platform.hours import ONE_HOUR, hour_key, parse_hour, truncate_hour
+from expo_platform.settings import load_settings
+from sensors.jobs import hourly_ingest_job, hourly_metrics_job
+
+CATCH_UP_HOURS = 6  # a daemon down for a few hours catches up by itself
+
+
+def complete_hours(now: datetime, grace: timedelta, count: int) -> list[datetime]:
+    """The newest `count` hours whose landing data is complete at `now`, oldest first."""
+    newest = truncate_hour(now - grace) - ONE_HOUR
+    return [newest - ONE_HOUR * back for back in range(count - 1, -1, -1)]
+
+
+_GRACE_MINUTES = load_settings().landing_grace_minutes % 60
+
+
+@dg.schedule(
+    job=hourly_ingest_job,
+    cron_schedule=f"{_GRACE_MINUTES} * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Ingests the newest complete hours that are not materialized yet.",
+)
+def hourly_ingest_schedule(context: dg.ScheduleEvaluationContext):
+    """Request an ingest run for each complete, not yet ingested hour of the last few."""
+    settings = load_settings()
+    done = context.instance.get_materialized_partitions(dg.AssetKey("sessions"))
+    hours = complete_hours(
+        context.scheduled_execution_time,
+        timedelta(minutes=settings.landing_grace_minutes),
+        CATCH_UP_HOURS,
+    )
+    wanted = [h for h in hours if h >= settings.partitions_start and hour_key(h) not in done]
+    if not wanted:
+        return dg.SkipReason("every complete hour is ingested")
+    return [
+        dg.RunRequest(run_key=f"ingest-{hour_key(h)}", partition_key=hour_key(h)) for h in wanted
+    ]
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[hourly_ingest_job],
+    request_job=hourly_metrics_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="When hour H is ingested, the metrics of H-1 are final: compute them.",
+)
+def metrics_after_ingest(context: dg.RunStatusSensorContext):
+    """Request the metrics of the hour before the one just ingested."""
+    key = context.dagster_run.tags.get("dagster/partition")
+    if not key:
+        return dg.SkipReason("the ingest run had no partition")
+    previous = parse_hour(key) - ONE_HOUR
+    if previous < load_settings().partitions_start:
+        return dg.SkipReason(f"{key} is the first hour: no hour before it")
+    return dg.RunRequest(run_key=f"metrics-{hour_key(previous)}", partition_key=hour_key(previous))

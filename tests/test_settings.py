@@ -1,0 +1,78 @@
+"""Settings: defaults that run with no services, overrides, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from expo_platform.errors import ExpoError, SettingsError
+from expo_platform.hours import hour_iso, hour_key, hour_range, parse_hour
+from expo_platform.settings import SETTINGS_DOC, load_settings
+
+
+def test_defaults_run_on_one_machine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings({})
+    assert s.lake == tmp_path / "lake"
+    assert s.metric_store == f"sqlite:///{tmp_path / 'lake' / 'metrics.sqlite'}"
+    assert s.spark_master == "local[*]"
+    assert hour_iso(s.partitions_start) == "2026-01-01T00:00:00Z"
+    assert s.dagster_home == tmp_path / ".dagster_home"
+    conf = s.spark_config()
+    assert conf["spark.serializer"] == "org.apache.spark.serializer.KryoSerializer"
+    assert (
+        str(tmp_path / "lake" / "_metastore") in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    )
+
+
+def test_environment_overrides(tmp_path):
+    env = {
+        "EXPO_LAKE": str(tmp_path / "elsewhere"),
+        "EXPO_METRIC_STORE": "postgresql+psycopg://expo@127.0.0.1:5432/expo",
+        "EXPO_SPARK_MASTER": "spark://127.0.0.1:7077",
+        "EXPO_SPARK_CONF": "spark.executor.memory=2g, spark.ui.port=4050",
+        "EXPO_PARTITIONS_START": "2026-03-01T05",
+        "EXPO_MAX_REJECT_RATE": "0.25",
+    }
+    s = load_settings(env)
+    assert s.lake == tmp_path / "elsewhere"
+    assert s.metric_store.startswith("postgresql+psycopg://")
+    assert s.spark_config()["spark.master"] == "spark://127.0.0.1:7077"
+    assert s.spark_config()["spark.ui.port"] == "4050"
+    assert hour_key(s.partitions_start) == "2026-03-01-05"
+    assert s.max_reject_rate == 0.25
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EXPO_MAX_REJECT_RATE": "lots"}, "EXPO_MAX_REJECT_RATE='lots' is not valid"),
+        ({"EXPO_MAX_REJECT_RATE": "2"}, "between 0 and 1"),
+        ({"EXPO_PARTITIONS_START": "yesterday"}, "EXPO_PARTITIONS_START"),
+        ({"EXPO_METRIC_STORE": "mysql://x"}, "sqlite:/// or postgresql://"),
+        ({"EXPO_SPARK_CONF": "novalue"}, "is not key=value"),
+        ({"EXPO_LANDING_GRACE_MINUTES": "-3"}, "EXPO_LANDING_GRACE_MINUTES"),
+    ],
+)
+def test_invalid_values_raise_one_clear_error(env, message):
+    with pytest.raises(SettingsError, match=message) as info:
+        load_settings(env)
+    assert "\n" not in str(info.value)
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for env, _, _ in SETTINGS_DOC:
+        assert f"`{env}`" in readme
+
+
+def test_hours():
+    assert parse_hour("2026-03-02T05") == parse_hour("2026-03-02-05")
+    assert parse_hour("2026-03-02T05:00:00Z") == parse_hour("2026-03-02T05")
+    assert [
+        hour_key(h) for h in hour_range(parse_hour("2026-03-02T23"), parse_hour("2026-03-03T01"))
+    ] == ["2026-03-02-23", "2026-03-03-00", "2026-03-03-01"]
+    for bad in ("2026-13-01T00", "2026-03-02", "soon", "2026-03-02T24"):
+        with pytest.raises(ExpoError, match="not an hour"):
+            parse_hour(bad)
