@@ -5,11 +5,13 @@ from collections.abc import Iterator
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from pyspark.sql import SparkSession
 
 from assets.partitions import HOURLY, SPARK_POOL, partition_hour
 from expo_platform import batch
 from expo_platform.beacons import REJECT_REASONS
 from expo_platform.hours import hour_iso
+from expo_platform.spark import quiet
 from resources import ExpoResource, MetricStoreResource
 
 GROUP = "batch"
@@ -21,6 +23,11 @@ with warnings.catch_warnings():
     METRICS_WINDOW = dg.TimeWindowPartitionMapping(
         start_offset=-23, end_offset=1, allow_nonexistent_upstream_partitions=True
     )
+
+
+def spark(resource: PySparkResource) -> SparkSession:
+    """The resource's Spark session, with routine warnings silenced."""
+    return quiet(resource.spark_session)
 
 
 def markdown_table(rows: list[dict]) -> dg.MetadataValue:
@@ -62,7 +69,7 @@ def beacons(
 ) -> Iterator:
     """Parse, validate and de-duplicate the hour's landing files."""
     settings = expo.settings()
-    result = batch.process_beacons(pyspark.spark_session, settings, partition_hour(context))
+    result = batch.process_beacons(spark(pyspark), settings, partition_hour(context))
     counts = result.counts
     rejected = {r: counts[f"beacons_rejected_{r}"] for r in REJECT_REASONS}
     total = counts["beacons_total"]
@@ -109,7 +116,7 @@ def data_quality(
     """Count total, valid, duplicate and rejected beacons per reason into the metric store."""
     with metric_store.open() as store:
         result = batch.write_quality(
-            pyspark.spark_session, expo.settings(), store, partition_hour(context)
+            spark(pyspark), expo.settings(), store, partition_hour(context)
         )
     return dg.MaterializeResult(metadata={**result.counts, "points_written": len(result.counts)})
 
@@ -129,7 +136,7 @@ def sessions(
 ) -> dg.MaterializeResult:
     """Sessionize the hour's beacons, continuing the visits still open at the end of H-1."""
     settings = expo.settings()
-    result = batch.process_sessions(pyspark.spark_session, settings, partition_hour(context))
+    result = batch.process_sessions(spark(pyspark), settings, partition_hour(context))
     return dg.MaterializeResult(
         metadata={**result.counts, "table": f"{settings.hive_database}.sessions"}
     )
@@ -163,7 +170,7 @@ def experiment_metrics(
     """Compute the hour's metrics from sessions[H] and sessions[H+1] and write layer batch."""
     hour = partition_hour(context)
     with metric_store.open() as store:
-        result = batch.process_metrics(pyspark.spark_session, expo.settings(), store, hour)
+        result = batch.process_metrics(spark(pyspark), expo.settings(), store, hour)
         # The check reads back what the store holds, not what was computed.
         points = store.query(layer="batch", hour_from=hour_iso(hour), hour_to=hour_iso(hour))
     yield dg.MaterializeResult(

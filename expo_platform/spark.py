@@ -23,6 +23,10 @@ def get_spark(settings: Settings) -> SparkSession:
     builder = SparkSession.builder
     for key, value in settings.spark_config().items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    return quiet(builder.getOrCreate())
+
+
+def quiet(spark: SparkSession) -> SparkSession:
+    """Keep Spark's and Hive's routine warnings out of the platform's output."""
     spark.sparkContext.setLogLevel("ERROR")
     return spark

@@ -55,7 +55,11 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
 def _execute(job: dg.JobDefinition, hour: datetime, instance: dg.DagsterInstance) -> float:
     started = time.monotonic()
     result = job.execute_in_process(
-        partition_key=hour_key(hour), instance=instance, raise_on_error=False
+        partition_key=hour_key(hour),
+        instance=instance,
+        raise_on_error=False,
+        # The runner prints one progress line per hour; the full event log is in the UI.
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     if not result.success:
         raise ExpoError(
