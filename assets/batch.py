@@ -16,12 +16,14 @@ from resources import ExpoResource, MetricStoreResource
 
 GROUP = "batch"
 PREVIOUS_HOUR = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
-# experiment_metrics[H] reads sessions[H - 23h .. H + 1h]: visitors_24h and final bounces.
+# experiment_metrics[H] is final once sessions[H+1] is in (bounces). It also reads the 23
+# sessions partitions before H for visitors_24h; declaring those would make every backfill
+# of N hours fan out to N + 23 metric hours, so a late-data re-run covers them instead.
 with warnings.catch_warnings():
-    # The parameter is beta; the first 23 hours and the newest hour need it.
+    # The parameter is beta; the newest hour, whose next hour does not exist yet, needs it.
     warnings.simplefilter("ignore", dg.BetaWarning)
-    METRICS_WINDOW = dg.TimeWindowPartitionMapping(
-        start_offset=-23, end_offset=1, allow_nonexistent_upstream_partitions=True
+    METRICS_INPUTS = dg.TimeWindowPartitionMapping(
+        start_offset=0, end_offset=1, allow_nonexistent_upstream_partitions=True
     )
 
 
@@ -157,7 +159,7 @@ SANITY_RULES = (
     partitions_def=HOURLY,
     pool=SPARK_POOL,
     group_name=GROUP,
-    deps=[dg.AssetDep("sessions", partition_mapping=METRICS_WINDOW)],
+    deps=[dg.AssetDep("sessions", partition_mapping=METRICS_INPUTS)],
     check_specs=[dg.AssetCheckSpec("metric_sanity", asset="experiment_metrics")],
     description="Hourly experiment metrics (METRICS.md section 4), layer batch, in the store.",
 )

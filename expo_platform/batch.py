@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
@@ -132,8 +132,16 @@ def process_metrics(
 ) -> StepResult:
     """Compute the hour's experiment metrics and write them to the store as layer batch."""
     following = hour + ONE_HOUR
+    if following + ONE_HOUR > datetime.now(UTC):
+        raise ExpoError(
+            f"experiment_metrics of {hour_label(hour)} are final only once hour "
+            f"{hour_label(following)} has ended"
+        )
     for needed in (hour, following):
-        if not lake.has_partition(settings, "sessions", needed):
+        # An hour without landing files is an empty hour: it has no sessions to wait for.
+        if not lake.has_partition(settings, "sessions", needed) and lake.landing_files(
+            settings, needed
+        ):
             raise ExpoError(
                 f"experiment_metrics of {hour_label(hour)} need the sessions of "
                 f"{hour_label(needed)}, which are not materialized yet"

@@ -249,6 +249,7 @@ def test_metrics_need_the_next_hour(batch_env, spark):
 
     settings = batch_env
     write_landing(settings, H0, SCENARIO[H0])
+    write_landing(settings, H1, SCENARIO[H1])
     process_beacons(spark, settings, H0)
     process_sessions(spark, settings, H0)
     with (
@@ -257,8 +258,27 @@ def test_metrics_need_the_next_hour(batch_env, spark):
     ):
         process_metrics(spark, settings, store, H0)
     # sessions of H2 cannot skip H1, whose landing files exist
-    write_landing(settings, H1, SCENARIO[H1])
     write_landing(settings, H2, SCENARIO[H2])
     process_beacons(spark, settings, H2)
     with pytest.raises(ExpoError, match="sessions of 2026-03-02T01 are not materialized"):
         process_sessions(spark, settings, H2)
+
+
+def test_hours_without_landing_files_are_empty_hours(batch_env, spark):
+    """Metrics of the hour before the data, and of the last hour before a gap, succeed."""
+    from expo_platform.batch import process_beacons, process_metrics, process_sessions
+
+    settings = batch_env
+    write_landing(settings, H1, SCENARIO[H1])
+    process_beacons(spark, settings, H1)
+    process_sessions(spark, settings, H1)
+    with MetricStore(settings.metric_store) as store:
+        assert process_metrics(spark, settings, store, H0).counts["points"] == 0
+        assert process_metrics(spark, settings, store, H1).counts["points"] > 0
+        got = {
+            (p.metric, p.variant): p.value
+            for p in store.query(layer="batch")
+            if p.population == "assigned"
+        }
+    # nothing follows in H2, so v3's lone page view at 01:59 is a bounce
+    assert got[("bounces", "A")] == 1.0
