@@ -73,9 +73,8 @@ def dagster_dev(tmp_path):
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(
-                        f"dagster dev did not start:\n{(tmp_path / 'dagster-dev.log').read_text()[-3000:]}"
-                    )
+                    output = (tmp_path / "dagster-dev.log").read_text()[-3000:]
+                    pytest.fail(f"dagster dev did not start:\n{output}")
                 time.sleep(1)
         yield port, lake
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -147,15 +148,9 @@ def test_traffic_is_realistic():
     by_session = defaultdict(list)
     for beacon in clean:
         by_session[beacon["session_id"]].append(beacon["ts"])
-    gaps = [b - a for ts in by_session.values() for a, b in zip(sorted(ts), sorted(ts)[1:])]
-    assert any(g > 35 * 60_000 for g in gaps), "sessions with several visits"
-    crossing = sum(
-        1
-        for a, b in (
-            (x, y) for ts in by_session.values() for x, y in zip(sorted(ts), sorted(ts)[1:])
-        )
-        if b - a <= 35 * 60_000 and a // HOUR_MS != b // HOUR_MS
-    )
+    pairs = [(a, b) for ts in by_session.values() for a, b in pairwise(sorted(ts))]
+    assert any(b - a > 35 * 60_000 for a, b in pairs), "sessions with several visits"
+    crossing = sum(1 for a, b in pairs if b - a <= 35 * 60_000 and a // HOUR_MS != b // HOUR_MS)
     assert crossing > 0, "visits crossing an hour boundary"
     variants = defaultdict(set)
     qualified = set()
