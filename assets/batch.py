@@ -82,6 +82,7 @@ def beacons(
             "beacons_total": total,
             "rows": counts["beacons_valid"],
             "duplicates": counts["beacons_duplicate"],
+            "preview": markdown_table(result.preview["beacons"]),
         },
     )
     yield dg.MaterializeResult(
@@ -90,7 +91,7 @@ def beacons(
             "rows": sum(rejected.values()) + counts["beacons_duplicate"],
             **{f"rejected_{r}": n for r, n in rejected.items()},
             "duplicates": counts["beacons_duplicate"],
-            "preview": markdown_table(result.preview),
+            "preview": markdown_table(result.preview["beacon_rejects"]),
         },
     )
     rate = sum(rejected.values()) / total if total else 0.0
@@ -140,7 +141,11 @@ def sessions(
     settings = expo.settings()
     result = batch.process_sessions(spark(pyspark), settings, partition_hour(context))
     return dg.MaterializeResult(
-        metadata={**result.counts, "table": f"{settings.hive_database}.sessions"}
+        metadata={
+            **result.counts,
+            "table": f"{settings.hive_database}.sessions",
+            "preview": markdown_table(result.preview["sessions"]),
+        }
     )
 
 
@@ -176,7 +181,7 @@ def experiment_metrics(
         # The check reads back what the store holds, not what was computed.
         points = store.query(layer="batch", hour_from=hour_iso(hour), hour_to=hour_iso(hour))
     yield dg.MaterializeResult(
-        metadata={**result.counts, "preview": markdown_table(result.preview)}
+        metadata={**result.counts, "preview": markdown_table(result.preview["experiment_metrics"])}
     )
     by_key: dict[tuple, dict[str, float]] = {}
     for p in points:

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from expo_platform import beacons as bc
 from expo_platform import lake
 from expo_platform.errors import ExpoError
 from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
-from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics, to_long
+from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics
 from expo_platform.settings import Settings
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import build_sessions
@@ -40,7 +40,12 @@ class StepResult:
 
     hour: datetime
     counts: dict[str, int] = field(default_factory=dict)
-    preview: list[dict] = field(default_factory=list)
+    preview: dict[str, list[dict]] = field(default_factory=dict)  # table -> sample rows
+
+
+def _sample(df: DataFrame, *columns: str | Column) -> list[dict]:
+    """A few rows of a DataFrame for the asset's metadata preview."""
+    return [r.asDict() for r in df.select(*columns).limit(PREVIEW_ROWS).collect()]
 
 
 def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> StepResult:
@@ -56,13 +61,17 @@ def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> 
         lake.write_partition(bc.counted_beacons(classified), settings, "beacons", hour)
         lake.write_partition(bc.rejected_beacons(classified), settings, "beacon_rejects", hour)
         counts = {"files": len(files), **bc.quality_counts(classified)}
-        preview = [
-            r.asDict()
-            for r in bc.rejected_beacons(classified)
-            .select("reason", "detail", F.substring("raw", 1, 120).alias("raw"))
-            .limit(PREVIEW_ROWS)
-            .collect()
-        ]
+        preview = {
+            "beacons": _sample(
+                bc.counted_beacons(classified), "event_id", "visitor_id", "session_id", "ts", "type"
+            ),
+            "beacon_rejects": _sample(
+                bc.rejected_beacons(classified),
+                "reason",
+                "detail",
+                F.substring("raw", 1, 120).alias("raw"),
+            ),
+        }
     finally:
         classified.unpersist()
     return StepResult(hour, counts, preview)
@@ -124,7 +133,15 @@ def process_sessions(spark: SparkSession, settings: Settings, hour: datetime) ->
         F.count(F.when(F.col("continued"), 1)).alias("visits_continued"),
         F.coalesce(F.sum(F.size("facts")), F.lit(0)).alias("fact_rows"),
     ).first()
-    return StepResult(hour, summary.asDict())
+    preview = _sample(
+        written,
+        "visit_id",
+        "visitor_id",
+        "beacon_count",
+        "continued",
+        F.size("facts").alias("facts"),
+    )
+    return StepResult(hour, summary.asDict(), {"sessions": preview})
 
 
 def process_metrics(
@@ -151,28 +168,17 @@ def process_metrics(
         lake.read_partitions(spark, settings, "sessions", [hour]),
         lake.read_partitions(spark, settings, "sessions", [following]),
         lake.read_partitions(spark, settings, "sessions", window),
-    )
-    rows = to_long(wide).collect()
+    ).collect()
     points = [
         Point(
-            r["metric"],
-            r["experiment"],
-            r["variant"],
-            r["population"],
-            hour_iso(hour),
-            "batch",
-            float(r["value"] or 0.0),
+            m, r["experiment"], r["variant"], r["population"], hour_iso(hour), "batch", float(r[m])
         )
-        for r in rows
+        for r in wide
+        for m in EXPERIMENT_METRICS
     ]
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
-    keys = {tuple(r[k] for k in KEY) for r in rows}
-    preview = sorted(
-        (
-            {**dict(zip(KEY, key, strict=True)), "metric": m, "value": v}
-            for key, m, v in ((tuple(r[k] for k in KEY), r["metric"], r["value"]) for r in rows)
-            if m in ("visitors", "visits", "orders")
-        ),
-        key=lambda d: (d["experiment"], d["variant"], d["population"], d["metric"]),
-    )[: PREVIEW_ROWS * 3]
-    return StepResult(hour, {"keys": len(keys), "points": len(points)}, preview)
+    shown = (*KEY, "visitors", "visits", "bounces", "orders", "revenue")
+    preview = sorted(({k: r[k] for k in shown} for r in wide), key=lambda d: d["experiment"])
+    return StepResult(
+        hour, {"keys": len(wide), "points": len(points)}, {"experiment_metrics": preview[:20]}
+    )

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from expo_platform.visits import FACT_FIELDS
 
 KEY = ("experiment", "variant", "population")
-SUMMED = (
-    "page_views",
-    "visits",
-    "bounces",
-    "orders",
-    "units",
-    "revenue",
-    "errors",
-    "page_load_ms_sum",
-    "page_load_ms_count",
-)
-EXPERIMENT_METRICS = (
-    "page_views",
-    "visitors",
-    "visits",
-    "bounces",
-    "orders",
-    "units",
-    "revenue",
-    "errors",
-    "page_load_ms_sum",
-    "page_load_ms_count",
-    "visitors_24h",
-)
-assert set(SUMMED) - {"visits", "bounces"} <= set(FACT_FIELDS)
+# The facts of sessions rows sum to these metrics; visit starts become visits, and bounce
+# candidates become bounces once the next hour shows the visit did not go on.
+_FACT_TO_METRIC = {"visit_starts": "visits", "bounce_candidates": "bounces"}
+SUMMED = tuple(_FACT_TO_METRIC.get(name, name) for name in FACT_FIELDS)
+EXPERIMENT_METRICS = ("visitors", *SUMMED, "visitors_24h")
 
 
 def explode_facts(sessions: DataFrame) -> DataFrame:
@@ -85,16 +63,3 @@ def hourly_metrics(
     return hourly.join(rolling, list(KEY), "left").select(
         *KEY, *[F.col(m).cast("double").alias(m) for m in EXPERIMENT_METRICS]
     )
-
-
-def to_long(wide: DataFrame) -> DataFrame:
-    """(key, metric, value) rows from one column per metric."""
-    stacked = ", ".join(f"'{m}', `{m}`" for m in EXPERIMENT_METRICS)
-    return wide.select(
-        *KEY, F.expr(f"stack({len(EXPERIMENT_METRICS)}, {stacked}) as (metric, value)")
-    )
-
-
-def rows_as_dicts(rows: Iterable) -> Iterator[dict]:
-    """Spark rows as plain dicts."""
-    return (row.asDict() for row in rows)

@@ -168,6 +168,17 @@ def test_hand_built_hours_give_hand_computed_metrics(batch_env, spark):
     metadata = records[0].asset_materialization.metadata
     assert metadata["rejected_malformed_json"].value == 1
     assert metadata["duplicates"].value == 1
+    for asset, figure in (
+        ("beacons", "rows"),
+        ("sessions", "visits_active"),
+        ("experiment_metrics", "points"),
+    ):
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[hour_key(H1)]),
+            limit=1,
+        ).records
+        shown = record.asset_materialization.metadata
+        assert shown[figure].value > 0 and "|" in shown["preview"].value, asset
     runs = instance.get_runs()
     assert len(runs) == 4 + 3 and all(r.is_success for r in runs)
 
@@ -282,3 +293,20 @@ def test_hours_without_landing_files_are_empty_hours(batch_env, spark):
         }
     # nothing follows in H2, so v3's lone page view at 01:59 is a bounce
     assert got[("bounces", "A")] == 1.0
+
+
+def test_gzipped_landing_files_are_read(batch_env, spark):
+    import gzip
+
+    from expo_platform.batch import process_beacons
+
+    settings = batch_env
+    folder = lake.landing_partition(settings, H0)
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "part-0.json.gz", "wt") as out:
+        out.write("\n".join(SCENARIO[H0][:3]) + "\n")
+    write_landing(settings, H0, SCENARIO[H0][3:], name="part-1.json")
+    (folder / "notes.txt").write_text("not a landing file")
+    counts = process_beacons(spark, settings, H0).counts
+    assert counts["files"] == 2
+    assert (counts["beacons_total"], counts["beacons_valid"]) == (6, 3)

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from expo_platform import beacons as bc
 from expo_platform.hours import HOUR_MS, hour_start_ms
-from expo_platform.metrics import hourly_metrics, to_long
+from expo_platform.metrics import EXPERIMENT_METRICS, hourly_metrics
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions
 
 H0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
@@ -73,8 +73,9 @@ def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
         wide = hourly_metrics(sessions[h], sessions[h + 1], last_24h)
         out.append(
             {
-                (r["experiment"], r["variant"], r["population"], r["metric"]): r["value"]
-                for r in to_long(wide).collect()
+                (r["experiment"], r["variant"], r["population"], m): r[m]
+                for r in wide.collect()
+                for m in EXPERIMENT_METRICS
             }
         )
     return out
