@@ -47,6 +47,14 @@ def _conf(text: str) -> dict[str, str]:
     return conf
 
 
+def _weights(text: str) -> dict[str, float]:
+    """Parse `variant=weight,...` into positive floats."""
+    weights = {k: float(v) for k, v in _conf(text).items()}
+    if any(w <= 0 for w in weights.values()):
+        raise ValueError("weights must be > 0")
+    return weights
+
+
 def _hour(text: str) -> datetime:
     try:
         return parse_hour(text)
@@ -101,6 +109,34 @@ class Settings:
         "EXPO_SHUFFLE_PARTITIONS", _positive_int, "spark.sql.shuffle.partitions", "4"
     )
     log_level: str = _setting("EXPO_LOG_LEVEL", str.upper, "log level", "INFO")
+    kafka_bootstrap: str = _setting(
+        "EXPO_KAFKA_BOOTSTRAP", str, "Kafka bootstrap servers of the speed layer", "127.0.0.1:9092"
+    )
+    kafka_topic: str = _setting("EXPO_KAFKA_TOPIC", str, "Kafka topic of the beacons", "beacons")
+    zookeeper: str = _setting(
+        "EXPO_ZOOKEEPER", str, "ZooKeeper hosts that keep the stream's offsets", "127.0.0.1:2181"
+    )
+    stream_consumer: str = _setting(
+        "EXPO_STREAM_CONSUMER", str, "consumer name of the streaming app in ZooKeeper", "expo-speed"
+    )
+    services_dir: Path = _setting(
+        "EXPO_SERVICES_DIR",
+        _path,
+        "data, logs and pid files of the local ZooKeeper and broker",
+        "./.services",
+    )
+    srm_weights: dict[str, float] = _setting(
+        "EXPO_SRM_WEIGHTS",
+        _weights,
+        "expected traffic split per variant for the SRM test, variant=weight (equal if unset)",
+        "",
+    )
+    reconcile_tolerance: float = _setting(
+        "EXPO_RECONCILE_TOLERANCE",
+        _fraction,
+        "largest relative speed-versus-batch drift of a finished hour that passes",
+        "0.02",
+    )
 
     @property
     def landing_dir(self) -> Path:
