@@ -5,19 +5,32 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.batch import beacons, data_quality, experiment_metrics, sessions
+from assets.scorecards import experiment_scorecards, trend_reports, visitor_daily
 from expo_platform.settings import Settings, load_settings
 from resources import build_resources
-from sensors.jobs import hourly_ingest_job, hourly_metrics_job
-from sensors.schedules import hourly_ingest_schedule, metrics_after_ingest
+from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
+from sensors.schedules import (
+    analysis_after_last_hour,
+    hourly_ingest_schedule,
+    metrics_after_ingest,
+)
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
     """Every asset, job, schedule and sensor, with resources made from `settings`."""
     return dg.Definitions(
-        assets=[beacons, data_quality, sessions, experiment_metrics],
-        jobs=[hourly_ingest_job, hourly_metrics_job],
+        assets=[
+            beacons,
+            data_quality,
+            sessions,
+            experiment_metrics,
+            visitor_daily,
+            experiment_scorecards,
+            trend_reports,
+        ],
+        jobs=[hourly_ingest_job, hourly_metrics_job, daily_analysis_job],
         schedules=[hourly_ingest_schedule],
-        sensors=[metrics_after_ingest],
+        sensors=[metrics_after_ingest, analysis_after_last_hour],
         resources=build_resources(settings),
     )
 

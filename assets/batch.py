@@ -11,6 +11,7 @@ from assets.partitions import HOURLY, SPARK_POOL, partition_hour
 from expo_platform import batch
 from expo_platform.beacons import REJECT_REASONS
 from expo_platform.hours import hour_iso
+from expo_platform.reconcile import Reconciliation, reconcile_hour
 from expo_platform.spark import quiet
 from resources import ExpoResource, MetricStoreResource
 
@@ -165,7 +166,14 @@ SANITY_RULES = (
     pool=SPARK_POOL,
     group_name=GROUP,
     deps=[dg.AssetDep("sessions", partition_mapping=METRICS_INPUTS)],
-    check_specs=[dg.AssetCheckSpec("metric_sanity", asset="experiment_metrics")],
+    check_specs=[
+        dg.AssetCheckSpec("metric_sanity", asset="experiment_metrics"),
+        dg.AssetCheckSpec(
+            "speed_batch_reconciliation",
+            asset="experiment_metrics",
+            description="Drift of the speed layer's points from the batch layer's, per metric.",
+        ),
+    ],
     description="Hourly experiment metrics (METRICS.md section 4), layer batch, in the store.",
 )
 def experiment_metrics(
@@ -176,10 +184,12 @@ def experiment_metrics(
 ) -> Iterator:
     """Compute the hour's metrics from sessions[H] and sessions[H+1] and write layer batch."""
     hour = partition_hour(context)
+    settings = expo.settings()
     with metric_store.open() as store:
-        result = batch.process_metrics(spark(pyspark), expo.settings(), store, hour)
+        result = batch.process_metrics(spark(pyspark), settings, store, hour)
         # The check reads back what the store holds, not what was computed.
         points = store.query(layer="batch", hour_from=hour_iso(hour), hour_to=hour_iso(hour))
+        drift = reconcile_hour(store, hour_iso(hour), settings.reconcile_tolerance)
     yield dg.MaterializeResult(
         metadata={**result.counts, "preview": markdown_table(result.preview["experiment_metrics"])}
     )
@@ -196,4 +206,30 @@ def experiment_metrics(
         check_name="metric_sanity",
         passed=not broken,
         metadata={"keys_checked": len(by_key), "violations": "\n".join(broken) or "none"},
+    )
+    yield reconciliation_result(drift)
+
+
+def reconciliation_result(drift: Reconciliation) -> dg.AssetCheckResult:
+    """The reconciliation check's outcome, with the drift of every metric as metadata."""
+    if not drift.compared:
+        note = "no speed points for this hour: nothing to reconcile"
+    elif drift.passed:
+        note = f"every metric within {drift.tolerance:.2%}"
+    else:
+        note = f"over {drift.tolerance:.2%}: " + ", ".join(drift.failing())
+    return dg.AssetCheckResult(
+        check_name="speed_batch_reconciliation",
+        passed=drift.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=note,
+        metadata={
+            "speed_points": drift.speed_points,
+            "batch_points": drift.batch_points,
+            "tolerance": drift.tolerance,
+            **{f"drift_{m}": d for m, d in drift.drift.items()},
+            "worst_keys": markdown_table(
+                [{"metric": m, "key": k} for m, k in drift.worst_keys.items() if k]
+            ),
+        },
     )

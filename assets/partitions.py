@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import dagster as dg
 
@@ -13,7 +13,16 @@ HOURLY = dg.HourlyPartitionsDefinition(
     start_date=load_settings().partitions_start.strftime(KEY_FORMAT), fmt=KEY_FORMAT
 )
 
+DAILY = dg.DailyPartitionsDefinition(
+    start_date=load_settings().partitions_start.strftime("%Y-%m-%d")
+)
+
 SPARK_POOL = "spark"  # the embedded Derby metastore admits one process: one Spark run at a time
+
+
+def partition_day(context: dg.AssetExecutionContext) -> date:
+    """The day of the daily partition being materialized."""
+    return date.fromisoformat(context.partition_key)
 
 
 def partition_hour(context: dg.AssetExecutionContext) -> datetime:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -19,6 +19,7 @@ from expo_platform import lake
 from expo_platform.errors import ExpoError
 from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
 from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics
+from expo_platform.scorecards import VISITOR_DAILY_SCHEMA, visitor_daily
 from expo_platform.settings import Settings
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import build_sessions
@@ -144,25 +145,27 @@ def process_sessions(spark: SparkSession, settings: Settings, hour: datetime) ->
     return StepResult(hour, summary.asDict(), {"sessions": preview})
 
 
-def process_metrics(
-    spark: SparkSession, settings: Settings, store: MetricStore, hour: datetime
-) -> StepResult:
-    """Compute the hour's experiment metrics and write them to the store as layer batch."""
-    following = hour + ONE_HOUR
-    if following + ONE_HOUR > datetime.now(UTC):
-        raise ExpoError(
-            f"experiment_metrics of {hour_label(hour)} are final only once hour "
-            f"{hour_label(following)} has ended"
-        )
-    for needed in (hour, following):
+def _require_final(settings: Settings, what: str, hours: list[datetime]) -> None:
+    """Fail unless every hour has ended and has its sessions (or had no landing data)."""
+    last = hours[-1]
+    if last + ONE_HOUR > datetime.now(UTC):
+        raise ExpoError(f"{what} are final only once hour {hour_label(last)} has ended")
+    for needed in hours:
         # An hour without landing files is an empty hour: it has no sessions to wait for.
         if not lake.has_partition(settings, "sessions", needed) and lake.landing_files(
             settings, needed
         ):
             raise ExpoError(
-                f"experiment_metrics of {hour_label(hour)} need the sessions of "
-                f"{hour_label(needed)}, which are not materialized yet"
+                f"{what} need the sessions of {hour_label(needed)}, which are not materialized yet"
             )
+
+
+def process_metrics(
+    spark: SparkSession, settings: Settings, store: MetricStore, hour: datetime
+) -> StepResult:
+    """Compute the hour's experiment metrics and write them to the store as layer batch."""
+    following = hour + ONE_HOUR
+    _require_final(settings, f"experiment_metrics of {hour_label(hour)}", [hour, following])
     window = [hour - ONE_HOUR * back for back in range(23, -1, -1)]
     wide = hourly_metrics(
         lake.read_partitions(spark, settings, "sessions", [hour]),
@@ -182,3 +185,22 @@ def process_metrics(
     return StepResult(
         hour, {"keys": len(wide), "points": len(points)}, {"experiment_metrics": preview[:20]}
     )
+
+
+def process_visitor_daily(spark: SparkSession, settings: Settings, day: date) -> StepResult:
+    """Per-visitor sums of a day for the scorecards; final once the next day's first hour is in."""
+    first = datetime.combine(day, time(), UTC)
+    hours = [first + ONE_HOUR * h for h in range(24)]
+    following = first + ONE_HOUR * 24
+    _require_final(settings, f"visitor_daily of {day}", [*hours, following])
+    day_sessions = lake.read_partitions(spark, settings, "sessions", hours)
+    later = lake.read_partitions(spark, settings, "sessions", [*hours, following])
+    lake.write_day(visitor_daily(day_sessions, later), settings, "visitor_daily", day)
+    written = lake.read_days(spark, settings, "visitor_daily", VISITOR_DAILY_SCHEMA, [day])
+    summary = written.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_distinct("visitor_id").alias("visitors"),
+        F.count_distinct("experiment").alias("experiments"),
+    ).first()
+    preview = _sample(written.orderBy("experiment", "variant", "visitor_id"), "*")
+    return StepResult(first, summary.asDict(), {"visitor_daily": preview})

@@ -1,4 +1,5 @@
-"""The `expo` command line: generate traffic, run the batch layer, read metrics and quality."""
+"""The `expo` command line: generate traffic, run the batch layer, read metrics, quality and
+scorecards."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 from expo_platform.errors import ExpoError
@@ -117,7 +119,10 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
         f"lake {settings.lake}, runs recorded in {settings.dagster_home}"
     )
     done = run_batch(defs, args.first, args.last, progress=print)
-    print(f"done: {done['ingested']} hours ingested, metrics of {done['metrics']} hours written")
+    print(
+        f"done: {done['ingested']} hours ingested, metrics of {done['metrics']} hours written, "
+        f"{done['days']} days analysed"
+    )
 
 
 def _open_store(settings: Settings):
@@ -151,6 +156,32 @@ def cmd_quality(args: argparse.Namespace, settings: Settings) -> None:
         key=lambda r: (r["metric"], r["hour"]),
     )
     write_rows(rows, QUALITY_COLUMNS, args.format)
+
+
+def cmd_scorecard(args: argparse.Namespace, settings: Settings) -> None:
+    from expo_platform.daily import compute_scorecard
+    from expo_platform.lake import require_lake
+    from expo_platform.reports import scorecard_text
+    from expo_platform.spark import get_spark
+
+    require_lake(settings)
+    if args.first and args.last and args.last < args.first:
+        raise ExpoError(f"--from {args.first} is after --to {args.last}")
+    card = compute_scorecard(
+        get_spark(settings), settings, args.experiment, args.population, args.first, args.last
+    )
+    if args.format == "json":
+        json.dump(card, sys.stdout, indent=2, sort_keys=True, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        print(scorecard_text(card))
+
+
+def _day_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day like 2026-03-02") from None
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
@@ -188,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--to", dest="last", type=_hour_arg)
     qual.add_argument("--format", choices=("table", "csv", "json"), default="table")
     qual.set_defaults(func=cmd_quality)
+
+    card = sub.add_parser("scorecard", help="compare an experiment's variants against control")
+    card.add_argument("--experiment", required=True)
+    card.add_argument("--population", choices=("assigned", "qualified"), default="assigned")
+    card.add_argument("--from", dest="first", type=_day_arg, help="first day, e.g. 2026-03-02")
+    card.add_argument("--to", dest="last", type=_day_arg, help="last day (inclusive)")
+    card.add_argument("--format", choices=("table", "json"), default="table")
+    card.set_defaults(func=cmd_scorecard)
 
     st = sub.add_parser("settings", help="list the settings and their environment variables")
     st.set_defaults(func=cmd_settings)

@@ -207,6 +207,9 @@ class _Stream:
     ) -> int:
         """Append one visit's beacons; return the ts of its last beacon."""
         rng = self.rng
+        # A visitor qualifies on reaching a qualifying page and stays qualified for the
+        # rest of the visit, as a client-side trigger would mark it.
+        qualified: set[str] = set()
         pages = [rng.choice(("/", "/", "/search"))]
         if rng.random() >= BOUNCE_SHARE:
             length = 1 + max(1, round(rng.expovariate(1 / 3.5) * effect.page_views))
@@ -229,13 +232,22 @@ class _Stream:
                 }
                 self.next_order += 1
                 out.append(
-                    self.beacon(visitor, session, ts, "order", "/checkout", variants, order=order)
+                    self.beacon(
+                        visitor, session, ts, "order", "/checkout", variants, qualified, order=order
+                    )
                 )
                 if rng.random() < RELOAD_SHARE:
                     ts += rng.randrange(2_000, 30_000)
                     out.append(
                         self.beacon(
-                            visitor, session, ts, "order", "/checkout", variants, order=dict(order)
+                            visitor,
+                            session,
+                            ts,
+                            "order",
+                            "/checkout",
+                            variants,
+                            qualified,
+                            order=dict(order),
                         )
                     )
                 continue
@@ -248,6 +260,7 @@ class _Stream:
                         "error",
                         page,
                         variants,
+                        qualified,
                         error={"code": rng.choice((500, 502, 404))},
                     )
                 )
@@ -256,10 +269,14 @@ class _Stream:
             if rng.random() < 0.9:
                 load = rng.lognormvariate(math.log(900), 0.4) * effect.page_load
                 perf = {"page_load_ms": int(load)}
-            out.append(self.beacon(visitor, session, ts, "page_view", page, variants, perf=perf))
+            out.append(
+                self.beacon(visitor, session, ts, "page_view", page, variants, qualified, perf=perf)
+            )
             if page.startswith("/product/") and rng.random() < 0.25:
                 ts += rng.randrange(3_000, 40_000)
-                out.append(self.beacon(visitor, session, ts, "add_to_cart", page, variants))
+                out.append(
+                    self.beacon(visitor, session, ts, "add_to_cart", page, variants, qualified)
+                )
         return ts
 
     def beacon(
@@ -270,8 +287,10 @@ class _Stream:
         type_: str,
         page: str,
         variants: dict[str, str],
+        qualified: set[str],
         **extra: dict | None,
     ) -> dict:
+        qualified.update(s.id for s in self.config.experiments if page in s.qualify_pages)
         data = {
             "event_id": self.event_id(),
             "visitor_id": visitor,
@@ -283,7 +302,7 @@ class _Stream:
                 {
                     "id": spec.id,
                     "variant": variants[spec.id],
-                    "qualified": page in spec.qualify_pages,
+                    "qualified": spec.id in qualified,
                 }
                 for spec in self.config.experiments
                 if spec.id in variants

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from pyspark.errors import AnalysisException
@@ -87,6 +87,39 @@ def read_partitions(
     if not paths:
         return spark.createDataFrame([], schema)
     return spark.read.schema(schema).format(fmt).load(paths)
+
+
+def day_path(settings: Settings, table: str, day: date) -> Path:
+    """Folder of one daily partition of a lake table."""
+    return table_path(settings, table) / f"day={day.isoformat()}"
+
+
+def write_day(df: DataFrame, settings: Settings, table: str, day: date) -> None:
+    """Replace one daily partition of a Parquet table with `df` (absolute, re-runnable)."""
+    df.write.mode("overwrite").parquet(str(day_path(settings, table, day)))
+
+
+def read_days(
+    spark: SparkSession, settings: Settings, table: str, schema: str, days: list[date]
+) -> DataFrame:
+    """The rows of the daily partitions that exist; missing days contribute nothing."""
+    folders = [day_path(settings, table, d) for d in days]
+    paths = [str(p) for p in folders if (p / "_SUCCESS").exists()]
+    if not paths:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*paths)
+
+
+def days_present(settings: Settings, table: str) -> list[date]:
+    """The days a daily table has been written for, sorted."""
+    root = table_path(settings, table)
+    if not root.is_dir():
+        return []
+    return sorted(
+        date.fromisoformat(p.name.removeprefix("day="))
+        for p in root.glob("day=*")
+        if (p / "_SUCCESS").exists()
+    )
 
 
 def has_partition(settings: Settings, table: str, hour: datetime) -> bool:

@@ -48,10 +48,12 @@ def _conf(text: str) -> dict[str, str]:
 
 
 def _weights(text: str) -> dict[str, float]:
-    """Parse `variant=weight,...` into positive floats."""
+    """Parse `experiment/variant=weight,...` into positive floats."""
     weights = {k: float(v) for k, v in _conf(text).items()}
     if any(w <= 0 for w in weights.values()):
         raise ValueError("weights must be > 0")
+    if any(k.count("/") != 1 for k in weights):
+        raise ValueError("keys must be experiment/variant")
     return weights
 
 
@@ -128,7 +130,7 @@ class Settings:
     srm_weights: dict[str, float] = _setting(
         "EXPO_SRM_WEIGHTS",
         _weights,
-        "expected traffic split per variant for the SRM test, variant=weight (equal if unset)",
+        "expected split for the SRM test, experiment/variant=weight,... (equal if unset)",
         "",
     )
     reconcile_tolerance: float = _setting(
@@ -152,6 +154,17 @@ class Settings:
     def metastore_dir(self) -> Path:
         """The embedded Derby metastore of the Hive tables, kept with the lake."""
         return self.lake / "_metastore"
+
+    def srm_weights_for(self, experiment: str) -> dict[str, float] | None:
+        """The expected split of one experiment's variants, or None for an equal split."""
+        prefix = f"{experiment}/"
+        found = {k[len(prefix) :]: w for k, w in self.srm_weights.items() if k.startswith(prefix)}
+        return found or None
+
+    @property
+    def reports_dir(self) -> Path:
+        """Scorecards (JSON) and trend reports (HTML) by day."""
+        return self.lake / "reports"
 
     def spark_config(self) -> dict[str, str]:
         """The Spark configuration every session of the platform starts with."""

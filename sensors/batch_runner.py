@@ -15,6 +15,7 @@ import dagster as dg
 from assets.partitions import HOURLY
 from expo_platform.errors import ExpoError
 from expo_platform.hours import ONE_HOUR, hour_key, hour_label, hour_range, parse_hour
+from sensors.schedules import day_completed_by
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,17 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed"
 
 
-def _execute(job: dg.JobDefinition, hour: datetime, instance: dg.DagsterInstance) -> float:
+def _execute(job: dg.JobDefinition, key: str, instance: dg.DagsterInstance) -> float:
     started = time.monotonic()
     result = job.execute_in_process(
-        partition_key=hour_key(hour),
+        partition_key=key,
         instance=instance,
         raise_on_error=False,
         # The runner prints one progress line per hour; the full event log is in the UI.
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     if not result.success:
-        raise ExpoError(
-            f"{job.name} of {hour_label(hour)} failed (run {result.run_id}): {_failure(result)}"
-        )
+        raise ExpoError(f"{job.name} of {key} failed (run {result.run_id}): {_failure(result)}")
     return time.monotonic() - started
 
 
@@ -78,23 +77,30 @@ def run_batch(
 
     Metrics of an hour are final once the next hour is in, so the hour after `last` is
     ingested too when it exists; otherwise the metrics of `last` wait, and that is said.
+    Every day whose last hour's metrics are done in the range is then analysed.
     """
     newest = _check_range(first, last)
     instance = dg.DagsterInstance.get()
     ingest = defs.resolve_job_def("hourly_ingest")
     metrics = defs.resolve_job_def("hourly_metrics")
+    analysis = defs.resolve_job_def("daily_analysis")
     ingest_last = min(last + ONE_HOUR, newest)
     hours = list(hour_range(first, ingest_last))
-    done = {"ingested": 0, "metrics": 0}
+    done = {"ingested": 0, "metrics": 0, "days": 0}
     for step, hour in enumerate(hours, start=1):
-        seconds = _execute(ingest, hour, instance)
+        seconds = _execute(ingest, hour_key(hour), instance)
         done["ingested"] += 1
         line = f"[{step}/{len(hours)}] {hour_label(hour)} ingested in {seconds:.1f}s"
         previous = hour - ONE_HOUR
         if first <= previous <= last:
-            seconds = _execute(metrics, previous, instance)
+            seconds = _execute(metrics, hour_key(previous), instance)
             done["metrics"] += 1
             line += f"; metrics of {hour_label(previous)} in {seconds:.1f}s"
+            day = day_completed_by(previous)
+            if day is not None:
+                seconds = _execute(analysis, day.isoformat(), instance)
+                done["days"] += 1
+                line += f"; day {day} analysed in {seconds:.1f}s"
         progress(line)
     if ingest_last == last:
         progress(

@@ -1,10 +1,11 @@
-"""Jobs of the batch layer: ingest an hour, then compute the metrics of the hour before it."""
+"""Jobs of the batch layer: ingest an hour, compute the metrics of the hour before it, and
+analyse each finished day."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets.partitions import HOURLY
+from assets.partitions import DAILY, HOURLY
 
 INGEST_ASSETS = ("beacons", "beacon_rejects", "data_quality", "sessions")
 
@@ -20,4 +21,11 @@ hourly_metrics_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("experiment_metrics"),
     partitions_def=HOURLY,
     description="Experiment metrics of an hour; needs the sessions of the hour after it.",
+)
+
+daily_analysis_job = dg.define_asset_job(
+    "daily_analysis",
+    selection=dg.AssetSelection.assets("visitor_daily", "experiment_scorecards", "trend_reports"),
+    partitions_def=DAILY,
+    description="Per-visitor sums of a finished day, then scorecards and trend reports.",
 )

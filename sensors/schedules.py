@@ -1,12 +1,12 @@
 """The hourly schedule, and the sensor that computes metrics once the next hour is in."""
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 
 from expo_platform.hours import ONE_HOUR, hour_key, parse_hour, truncate_hour
 from expo_platform.settings import load_settings
-from sensors.jobs import hourly_ingest_job, hourly_metrics_job
+from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
 
 CATCH_UP_HOURS = 6  # a daemon down for a few hours catches up by itself
 
@@ -60,3 +60,26 @@ def metrics_after_ingest(context: dg.RunStatusSensorContext):
     if previous < load_settings().partitions_start:
         return dg.SkipReason(f"{key} is the first hour: no hour before it")
     return dg.RunRequest(run_key=f"metrics-{hour_key(previous)}", partition_key=hour_key(previous))
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[hourly_metrics_job],
+    request_job=daily_analysis_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="When the metrics of a day's last hour are final, analyse that day.",
+)
+def analysis_after_last_hour(context: dg.RunStatusSensorContext):
+    """Request the daily analysis of the day whose 23:00 metrics just succeeded."""
+    key = context.dagster_run.tags.get("dagster/partition")
+    if not key:
+        return dg.SkipReason("the metrics run had no partition")
+    day = day_completed_by(parse_hour(key))
+    if day is None:
+        return dg.SkipReason(f"{key} is not the last hour of a day")
+    return dg.RunRequest(run_key=f"daily-{day}", partition_key=day.isoformat())
+
+
+def day_completed_by(hour: datetime) -> date | None:
+    """The day whose last hour's metrics make it final, if `hour` is that last hour."""
+    return hour.date() if hour.hour == 23 else None

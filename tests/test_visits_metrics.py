@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from pyspark.sql import functions as F
 
@@ -11,33 +11,7 @@ from expo_platform import beacons as bc
 from expo_platform.hours import HOUR_MS, hour_start_ms
 from expo_platform.metrics import EXPERIMENT_METRICS, hourly_metrics
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions
-
-H0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
-MIN = 60_000
-GAP = 35 * MIN
-_ids = iter(range(1_000_000))
-
-
-def at(hour: int, minute: float) -> int:
-    """Epoch ms at `minute` past hour H0 + `hour`."""
-    return hour_start_ms(H0) + hour * HOUR_MS + int(minute * MIN)
-
-
-def b(ts: int, type_: str = "page_view", *, session="s1", visitor="v1", exps=None, **extra):
-    """A beacon dict; `exps` is a list of (id, variant, qualified)."""
-    exps = [("exp", "A", True)] if exps is None else exps
-    data = {
-        "event_id": f"e{next(_ids):06d}",
-        "visitor_id": visitor,
-        "session_id": session,
-        "ts": ts,
-        "type": type_,
-        "experiments": [{"id": e, "variant": v, "qualified": q} for e, v, q in exps],
-        **extra,
-    }
-    if type_ == "order" and "order" not in data:
-        data["order"] = {"order_id": "o1", "revenue": 10.0, "units": 1}
-    return data
+from tests.clickstream import GAP, H0, at, b, chain_sessions, union
 
 
 def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
@@ -45,31 +19,13 @@ def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
 
     Every hour's metrics see the next hour's sessions (one extra hour is sessionized).
     """
-    by_hour = {h: [] for h in range(hours + 1)}
-    for beacon in beacons:
-        by_hour[(beacon["ts"] - hour_start_ms(H0)) // HOUR_MS].append(json.dumps(beacon))
-    empty = spark.createDataFrame([], SESSIONS_SCHEMA)
-    sessions, previous = [], empty
-    for h in range(hours + 1):
-        if not by_hour[h]:  # an hour without beacons has no sessions rows: skip Spark
-            sessions.append(empty)
-            previous = empty
-            continue
-        hour = H0 + timedelta(hours=h)
-        lines = spark.createDataFrame([(line,) for line in by_hour[h]], "value string")
-        counted = bc.counted_beacons(bc.classify_hour(lines, hour_start_ms(hour) // HOUR_MS))
-        rows = build_sessions(counted, previous, hour_start_ms(hour)).localCheckpoint()
-        sessions.append(rows)
-        previous = rows
+    sessions, by_hour = chain_sessions(spark, beacons, hours + 1)
     out = []
     for h in range(hours):
         if not by_hour[h]:
             out.append({})  # no beacons, no rows
             continue
-        window = sessions[max(0, h - 23) : h + 1]
-        last_24h = window[0]
-        for df in window[1:]:
-            last_24h = last_24h.unionByName(df)
+        last_24h = union(sessions[max(0, h - 23) : h + 1])
         wide = hourly_metrics(sessions[h], sessions[h + 1], last_24h)
         out.append(
             {

@@ -1,0 +1,231 @@
+"""Daily analysis steps: experiment scorecards (JSON) and trend reports (HTML).
+
+Both read `visitor_daily` or the sessions rows, never the beacons; the statistics are in
+`expo_platform.stats`, the charts in `expo_platform.reports`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+
+from expo_platform import lake, stats
+from expo_platform.batch import StepResult
+from expo_platform.errors import ExpoError
+from expo_platform.hours import ONE_HOUR, hour_iso
+from expo_platform.reports import render_trend_report
+from expo_platform.scorecards import (
+    VISITOR_DAILY_SCHEMA,
+    experiments_in,
+    per_visitor,
+    visitor_facts,
+)
+from expo_platform.settings import Settings
+from expo_platform.store import MetricStore
+
+log = logging.getLogger(__name__)
+
+MIN_VISITORS = 100  # per arm, before a cumulative-lift point is charted: earlier ones are noise
+TREND_DAYS = 7  # a trend report covers the week up to its day
+LIFT_METRIC = "orders"  # the cumulative lift chart follows orders per visitor
+POPULATIONS = ("assigned", "qualified")
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of an experiment or population name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers never see half a file: write beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def scorecard_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
+    """Where the scorecard of a day (cumulative up to it) is kept."""
+    name = f"{slug(experiment)}.{slug(population)}.json"
+    return settings.reports_dir / "scorecards" / f"day={day.isoformat()}" / name
+
+
+def trend_report_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
+    """Where the trend report of a day is kept."""
+    name = f"{slug(experiment)}.{slug(population)}.html"
+    return settings.reports_dir / "trends" / f"day={day.isoformat()}" / name
+
+
+def days_up_to(settings: Settings, last: date, first: date | None = None) -> list[date]:
+    """The days of visitor_daily that exist in [first, last]."""
+    present = lake.days_present(settings, "visitor_daily")
+    return [d for d in present if d <= last and (first is None or d >= first)]
+
+
+def _read_daily(spark: SparkSession, settings: Settings, days: list[date]) -> DataFrame:
+    return lake.read_days(spark, settings, "visitor_daily", VISITOR_DAILY_SCHEMA, days)
+
+
+def build_scorecard(
+    rows: pd.DataFrame, settings: Settings, experiment: str, population: str, days: list[date]
+) -> dict:
+    """The scorecard document: what, over which days, then the statistics."""
+    card = stats.scorecard(rows, weights=settings.srm_weights_for(experiment))
+    return {
+        "experiment": experiment,
+        "population": population,
+        "from": days[0].isoformat(),
+        "to": days[-1].isoformat(),
+        **card,
+    }
+
+
+def compute_scorecard(
+    spark: SparkSession,
+    settings: Settings,
+    experiment: str,
+    population: str,
+    first: date | None = None,
+    last: date | None = None,
+) -> dict:
+    """The scorecard of one experiment and population over the days [first, last]."""
+    if population not in POPULATIONS:
+        raise ExpoError(f"population must be assigned or qualified, not {population!r}")
+    days = days_up_to(settings, last or date.max, first)
+    if not days:
+        raise ExpoError(
+            "no visitor_daily days in that range: run `expo batch` over whole days first"
+        )
+    rows = per_visitor(_read_daily(spark, settings, days), experiment, population).toPandas()
+    if rows.empty:
+        raise ExpoError(
+            f"experiment {experiment!r} has no {population} visitors between {days[0]} and "
+            f"{days[-1]}"
+        )
+    return build_scorecard(rows, settings, experiment, population, days)
+
+
+def _headline(card: dict) -> list[dict]:
+    """One line per variant for the asset preview: the orders comparison and the SRM."""
+    return [
+        {
+            "experiment": card["experiment"],
+            "population": card["population"],
+            "variant": c["variant"],
+            "orders_lift": None if c["lift"] is None else round(c["lift"], 4),
+            "p_value": None if c["p_value"] is None else round(c["p_value"], 6),
+            "srm_p": round(card["srm"]["p_value"], 6) if card["srm"]["p_value"] else None,
+        }
+        for c in card["comparisons"]
+        if c["metric"] == LIFT_METRIC
+    ]
+
+
+def process_scorecards(spark: SparkSession, settings: Settings, day: date) -> StepResult:
+    """Scorecards, cumulative up to `day`, of every experiment with visitors that day."""
+    days = days_up_to(settings, day)
+    if day not in days:
+        raise ExpoError(f"visitor_daily of {day} is not materialized yet")
+    daily = _read_daily(spark, settings, days).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        pairs = experiments_in(_read_daily(spark, settings, [day]))
+        counts = {"scorecards": 0, "significant": 0, "srm_flagged": 0}
+        preview, files = [], {}
+        for experiment, population in pairs:
+            rows = per_visitor(daily, experiment, population).toPandas()
+            card = build_scorecard(rows, settings, experiment, population, days)
+            path = scorecard_path(settings, day, experiment, population)
+            _write_atomically(path, json.dumps(card, indent=2, sort_keys=True))
+            files[f"{experiment}.{population}"] = str(path)
+            counts["scorecards"] += 1
+            counts["significant"] += sum(
+                1 for c in card["comparisons"] if c["p_value"] is not None and c["p_value"] < 0.05
+            )
+            counts["srm_flagged"] += int(card["srm"]["flagged"])
+            preview += _headline(card)
+    finally:
+        daily.unpersist()
+    log.info("scorecards of %s: %s", day, counts)
+    return StepResult(
+        datetime.combine(day, time(), UTC), counts, {"scorecards": preview, "files": [files]}
+    )
+
+
+def lift_path(rows: pd.DataFrame, variant: str) -> list[dict]:
+    """The cumulative relative lift of LIFT_METRIC per visitor, with its always-valid band."""
+    path = []
+    with warnings.catch_warnings():
+        # The first hours hold few visitors, often with identical values: scipy says so.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        points = stats.cumulative_lift_path(rows, variant, LIFT_METRIC, time_col="hour_ms")
+    for point in points:
+        base = point["control_value"]
+        if min(point["n_control"], point["n_variant"]) < MIN_VISITORS:
+            continue
+        if not base or point["difference"] is None:
+            continue
+        low, high = point["seq_ci_low"], point["seq_ci_high"]
+        path.append(
+            {
+                "time_ms": point["time"],
+                "lift": point["difference"] / base,
+                "low": None if low is None else low / base,
+                "high": None if high is None else high / base,
+            }
+        )
+    return path
+
+
+def process_trend_reports(
+    spark: SparkSession, settings: Settings, store: MetricStore, day: date
+) -> StepResult:
+    """A trend report per experiment and population over the week up to `day`."""
+    days = days_up_to(settings, day, day - timedelta(days=TREND_DAYS - 1))
+    if day not in days:
+        raise ExpoError(f"visitor_daily of {day} is not materialized yet")
+    start = datetime.combine(days[0], time(), UTC)
+    end = datetime.combine(day, time(), UTC) + timedelta(days=1)  # exclusive
+    hours = [start + ONE_HOUR * h for h in range(int((end - start) / ONE_HOUR))]
+    sessions = lake.read_partitions(spark, settings, "sessions", hours)
+    later = lake.read_partitions(spark, settings, "sessions", [*hours, end])
+    hourly = visitor_facts(sessions, later, "hour_ms").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        pairs = experiments_in(_read_daily(spark, settings, [day]))
+        files = {}
+        for experiment, population in pairs:
+            rows = per_visitor(hourly, experiment, population, "hour_ms").toPandas()
+            control = stats.choose_control(rows["variant"].unique())
+            paths = {
+                v: lift_path(rows, v) for v in sorted(rows["variant"].unique()) if v != control
+            }
+            points = [
+                p
+                for layer in ("batch", "speed")
+                for p in store.query(
+                    layer=layer,
+                    experiment=experiment,
+                    hour_from=hour_iso(start),
+                    hour_to=hour_iso(end - ONE_HOUR),
+                )
+            ]
+            card_file = scorecard_path(settings, day, experiment, population)
+            card = json.loads(card_file.read_text()) if card_file.exists() else None
+            page = render_trend_report(
+                experiment, population, points, paths, LIFT_METRIC, card, datetime.now(UTC)
+            )
+            path = trend_report_path(settings, day, experiment, population)
+            _write_atomically(path, page)
+            files[f"{experiment}.{population}"] = path
+    finally:
+        hourly.unpersist()
+    counts = {"reports": len(files), "days": len(days)}
+    return StepResult(start, counts, {"reports": [{k: str(v) for k, v in files.items()}]})

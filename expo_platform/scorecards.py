@@ -1,0 +1,61 @@
+"""Visitor-level facts for scorecards and trends (METRICS.md section 7), from sessions rows.
+
+A scorecard over any range of days groups the `visitor_daily` rows by visitor; it never
+goes back to the beacons.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from expo_platform.hours import HOUR_MS
+from expo_platform.metrics import KEY, final_bounces
+
+VISITOR_METRICS = ("page_views", "visits", "bounces", "orders", "units", "revenue", "errors")
+VISITOR_DAILY_SCHEMA = (
+    "experiment string, variant string, population string, visitor_id string, "
+    + ", ".join(f"{m} {'double' if m == 'revenue' else 'long'}" for m in VISITOR_METRICS)
+)
+
+
+def _sums() -> list:
+    """Sums of the visitor metrics, typed like VISITOR_DAILY_SCHEMA."""
+    return [
+        F.coalesce(F.sum(m), F.lit(0)).cast("double" if m == "revenue" else "long").alias(m)
+        for m in VISITOR_METRICS
+    ]
+
+
+def visitor_facts(sessions: DataFrame, later_sessions: DataFrame, *by: str) -> DataFrame:
+    """Per (key, visitor, *by) sums of the facts of `sessions`, bounces made final.
+
+    `later_sessions` must hold the rows of the hour after each hour of `sessions`: a bounce
+    candidate whose visit went on in the next hour is no bounce. `by` may name `hour_ms`,
+    the start of the hour of the sessions row.
+    """
+    rows = sessions.withColumn("hour_ms", F.floor(F.col("last_ts") / HOUR_MS) * HOUR_MS)
+    facts = rows.select("visit_id", "hour_ms", F.inline("facts"))
+    return final_bounces(facts, later_sessions).groupBy(*KEY, "visitor_id", *by).agg(*_sums())
+
+
+def visitor_daily(day_sessions: DataFrame, later_sessions: DataFrame) -> DataFrame:
+    """One row per (experiment, variant, population, visitor) of a day, its metric sums."""
+    return visitor_facts(day_sessions, later_sessions)
+
+
+def per_visitor(daily: DataFrame, experiment: str, population: str, *by: str) -> DataFrame:
+    """Rows of one experiment and population summed per (variant, visitor, *by) over a range."""
+    return (
+        daily.where((F.col("experiment") == experiment) & (F.col("population") == population))
+        .groupBy("variant", "visitor_id", *by)
+        .agg(*_sums())
+    )
+
+
+def experiments_in(daily: DataFrame) -> list[tuple[str, str]]:
+    """The (experiment, population) pairs present, sorted."""
+    return sorted(
+        (r["experiment"], r["population"])
+        for r in daily.select("experiment", "population").distinct().collect()
+    )
