@@ -47,3 +47,13 @@ ui: deps
 
 clean:
 	rm -rf lake .dagster_home
+
+# Local ZooKeeper and Kafka-compatible broker (Tansu) for the speed layer, on the ports of
+# EXPO_ZOOKEEPER and EXPO_KAFKA_BOOTSTRAP; data, logs and pid files in EXPO_SERVICES_DIR.
+.PHONY: services services-down
+
+services: deps
+	@$(PY) -m expo_platform.services up
+
+services-down:
+	@$(PY) -m expo_platform.services down

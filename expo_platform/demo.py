@@ -5,6 +5,7 @@ Runs on the embedded defaults (local Spark, the project-local lake, SQLite).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import defaultdict
@@ -76,12 +77,14 @@ def print_summary(rows: list[dict]) -> None:
 def run(settings: Settings) -> None:
     """Generate, process and summarize the demo day."""
     from expo_platform.cli import load_orchestration, prepare_dagster_home
+    from expo_platform.daily import scorecard_path, trend_report_path
     from expo_platform.generator import GeneratorConfig, write_landing
+    from expo_platform.reports import scorecard_text
 
     started = time.monotonic()
     last = DEMO_START + timedelta(hours=DEMO_HOURS - 1)
     print(
-        f"1/3 generating {DEMO_HOURS} hours of traffic from {DEMO_VISITORS:,} visitors "
+        f"1/4 generating {DEMO_HOURS} hours of traffic from {DEMO_VISITORS:,} visitors "
         f"into {settings.landing_dir}"
     )
     config = GeneratorConfig(
@@ -91,14 +94,14 @@ def run(settings: Settings) -> None:
     print(f"    {sum(report.lines_by_hour.values()):,} lines written")
 
     print(
-        f"2/3 batch layer over {hour_label(DEMO_START)} .. {hour_label(last)} "
+        f"2/4 batch layer over {hour_label(DEMO_START)} .. {hour_label(last)} "
         "(Spark local, Dagster runs recorded)"
     )
     project, build_defs, run_batch = load_orchestration()
     prepare_dagster_home(settings, project)
     run_batch(build_defs(settings), DEMO_START, last, progress=lambda line: print("   ", line))
 
-    print("3/3 summary per experiment and variant, assigned population, whole day")
+    print("3/4 summary per experiment and variant, assigned population, whole day")
     with MetricStore(settings.metric_store) as store:
         points = store.query(layer="batch", hour_from=hour_iso(DEMO_START), hour_to=hour_iso(last))
         quality = store.query(
@@ -112,9 +115,22 @@ def run(settings: Settings) -> None:
         "data quality: "
         + ", ".join(f"{k.removeprefix('beacons_')} {int(v):,}" for k, v in sorted(totals.items()))
     )
+    day = DEMO_START.date()
+    print(
+        "4/4 scorecards of the day: checkout-button's treatment raises the order rate by 20%; "
+        "aa-check compares two identical variants"
+    )
+    for experiment in ("checkout-button", "aa-check"):
+        card = json.loads(scorecard_path(settings, day, experiment, "assigned").read_text())
+        print()
+        print(scorecard_text(card))
+    report = trend_report_path(settings, day, "checkout-button", "assigned")
+    print()
+    print(f"trend report (open it in a browser, works offline): {report}")
     print(
         f"done in {time.monotonic() - started:.0f}s. Metrics: .venv/bin/expo metrics "
-        f"--experiment checkout-button --format table"
+        "--experiment checkout-button --format table; scorecards: .venv/bin/expo scorecard "
+        "--experiment checkout-button"
     )
     print("Open the Dagster UI (asset graph, runs, backfills): make ui, then http://127.0.0.1:3000")
 

@@ -1,0 +1,579 @@
+"""A Spark Structured Streaming source over Kafka, written with Spark's Python data source API.
+
+Spark's own Kafka connector is a Maven artifact; where it is missing, this source reads the
+same topic through confluent-kafka. `read_stream()` returns either one with a uniform schema:
+`key string, value string, topic string, partition int, offset long, timestamp timestamp`.
+
+Offsets are `{"<partition>": <next offset>, ...}` in ascending partition order, so the same
+positions always serialise to the same JSON (Spark compares offsets as JSON strings).
+
+Committing to ZooKeeper is the app's job, after its writes, inside `foreachBatch`:
+
+    def write(batch, batch_id):
+        batch.persist()
+        ...  # the micro-batch's writes
+        zk_offsets.commit(topic, end_offsets_of_batch(batch))
+        batch.unpersist()
+
+`commit()` of this source is called only when the next batch is planned, which is too late
+(and too early for the sink), so it does not touch ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
+from pyspark.sql.types import (
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from expo_platform.errors import ExpoError
+from expo_platform.settings import Settings
+
+log = logging.getLogger("expo_platform.kafka_source")
+
+SOURCE_NAME = "expo_kafka"
+SCHEMA = StructType(
+    [
+        StructField("key", StringType()),
+        StructField("value", StringType()),
+        StructField("topic", StringType()),
+        StructField("partition", IntegerType()),
+        StructField("offset", LongType()),
+        StructField("timestamp", TimestampType()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.fieldNames())
+EARLIEST, LATEST = -2, -1  # Spark's kafka source uses the same markers in startingOffsets JSON
+ROWS_PER_ARROW_BATCH = 10_000
+DEFAULT_RECORDS_PER_TASK = 1_000_000
+DEFAULT_POLL_TIMEOUT = 60.0
+METADATA_TIMEOUT = 15.0
+
+Offsets = dict[int, int]
+
+
+def to_json_offsets(offsets: Mapping[int, int]) -> dict[str, int]:
+    """Spark's form of offsets: string partition keys in ascending partition order."""
+    return {str(p): int(offsets[p]) for p in sorted(offsets)}
+
+
+def from_json_offsets(offsets: Mapping[str, Any] | None) -> Offsets:
+    """Offsets as Spark hands them back (string keys) to `{partition: offset}`."""
+    return {int(p): int(o) for p, o in (offsets or {}).items()}
+
+
+def parse_starting_offsets(text: str, topic: str) -> str | Offsets:
+    """Parse `earliest`, `latest`, or JSON `{"0": 5}` / `{"<topic>": {"0": 5}}` (-2, -1 too)."""
+    value = (text or "latest").strip()
+    if value.lower() in ("earliest", "latest"):
+        return value.lower()
+    try:
+        data = json.loads(value)
+        if isinstance(data, dict) and topic in data and isinstance(data[topic], dict):
+            data = data[topic]
+        return from_json_offsets(data)
+    except (ValueError, TypeError, AttributeError):
+        raise ExpoError(
+            f"startingOffsets {text!r}: use earliest, latest or JSON like "
+            '{"0": 42, "1": -2} (-2 earliest, -1 latest)'
+        ) from None
+
+
+def split_budget(start: Offsets, latest: Offsets, max_rows: int) -> Offsets:
+    """Ends that admit at most `max_rows` records, shared by partition in proportion to lag."""
+    lag = {p: max(0, latest[p] - start.get(p, 0)) for p in latest}
+    total = sum(lag.values())
+    if total <= max_rows:
+        return dict(latest)
+    share = {p: lag[p] * max_rows // total for p in lag}
+    spare = max_rows - sum(share.values())
+    for p in sorted(lag):  # the rounding remainder goes to the lowest partitions
+        extra = min(spare, lag[p] - share[p])
+        share[p] += extra
+        spare -= extra
+    return {p: start.get(p, 0) + share[p] for p in latest}
+
+
+@dataclass(frozen=True)
+class KafkaRange(InputPartition):
+    """One Spark task: records [start, end) of one partition, and how to reach the broker."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+    conf: dict[str, str] = field(default_factory=dict)
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options of the `expo_kafka` source, parsed and checked."""
+
+    bootstrap: str
+    topic: str
+    starting: str | Offsets = "latest"
+    max_offsets_per_trigger: int | None = None
+    zookeeper: str | None = None
+    consumer: str | None = None
+    fail_on_data_loss: bool = True
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT
+    records_per_task: int = DEFAULT_RECORDS_PER_TASK
+    probe_end_offsets: bool = False
+    client_conf: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, options: Mapping[str, str]) -> SourceOptions:
+        """Check the options; raise ExpoError naming the first bad one."""
+        opts = {k.lower(): v for k, v in options.items()}
+        bootstrap = opts.get("bootstrap") or opts.get("kafka.bootstrap.servers")
+        topic = opts.get("topic") or opts.get("subscribe")
+        if not bootstrap or not topic:
+            raise ExpoError("the expo_kafka source needs the options bootstrap and topic")
+        if bool(opts.get("zookeeper")) != bool(opts.get("consumer")):
+            raise ExpoError("set both zookeeper and consumer, or neither")
+        limit = opts.get("maxoffsetspertrigger")
+        end_mode = opts.get("endoffsets", "watermark").lower()
+        if end_mode not in ("watermark", "probe"):
+            raise ExpoError(f"endOffsets must be watermark or probe, not {end_mode!r}")
+        try:
+            parsed = cls(
+                bootstrap=bootstrap,
+                topic=topic,
+                starting=parse_starting_offsets(opts.get("startingoffsets", "latest"), topic),
+                max_offsets_per_trigger=int(limit) if limit else None,
+                zookeeper=opts.get("zookeeper") or None,
+                consumer=opts.get("consumer") or None,
+                fail_on_data_loss=opts.get("failondataloss", "true").lower() != "false",
+                poll_timeout=float(opts.get("polltimeoutseconds", DEFAULT_POLL_TIMEOUT)),
+                records_per_task=int(opts.get("recordspertask", DEFAULT_RECORDS_PER_TASK)),
+                probe_end_offsets=end_mode == "probe",
+                client_conf={
+                    k[len("kafka.") :]: v
+                    for k, v in opts.items()
+                    if k.startswith("kafka.") and k != "kafka.bootstrap.servers"
+                },
+            )
+        except ValueError as exc:
+            raise ExpoError(f"invalid expo_kafka option: {exc}") from None
+        if parsed.max_offsets_per_trigger is not None and parsed.max_offsets_per_trigger < 1:
+            raise ExpoError("maxOffsetsPerTrigger must be at least 1")
+        if parsed.records_per_task < 1:
+            raise ExpoError("recordsPerTask must be at least 1")
+        return parsed
+
+    def consumer_conf(self) -> dict[str, str]:
+        """librdkafka settings of the reading consumers (assign() only: no group, no commits)."""
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": f"expo-spark-source-{self.topic}",
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": "false",
+            **self.client_conf,
+        }
+
+
+class ExpoKafkaDataSource(DataSource):
+    """`spark.readStream.format("expo_kafka")`: Kafka through confluent-kafka."""
+
+    @classmethod
+    def name(cls) -> str:
+        return SOURCE_NAME
+
+    def schema(self) -> StructType:
+        return SCHEMA
+
+    def streamReader(self, schema: StructType) -> DataSourceStreamReader:
+        return ExpoKafkaStreamReader(SourceOptions.parse(self.options))
+
+
+class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Plans micro-batches from the broker's offsets; lives in one Python process per query."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        self.options = options
+        self._admin = None
+        self._probe_consumer = None
+        self._target: Offsets | None = None  # availableNow: the ends fixed at the start
+        self._last_latest: Offsets | None = None
+
+    def __getstate__(self) -> dict:
+        # Spark may pickle a reader for its tasks; broker clients cannot travel and are lazy.
+        return {**self.__dict__, "_admin": None, "_probe_consumer": None}
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    def initialOffset(self) -> dict:
+        """Where a query without a checkpoint starts: ZooKeeper's offsets, else the option."""
+        bounds = self._bounds()
+        committed = self._zookeeper_offsets()
+        starting = self.options.starting
+        start = {}
+        for p, (low, high) in bounds.items():
+            if p in committed:
+                start[p] = self._checked(p, committed[p], low, high)
+            elif isinstance(starting, dict):
+                wanted = starting.get(p, EARLIEST)
+                start[p] = low if wanted == EARLIEST else high if wanted == LATEST else wanted
+            else:
+                start[p] = low if starting == "earliest" else high
+        log.info(
+            "initial offsets",
+            extra={
+                "topic": self.options.topic,
+                "from_zookeeper": sorted(committed),
+                "offsets": to_json_offsets(start),
+            },
+        )
+        return to_json_offsets(start)
+
+    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+        """The end of the next batch: the broker's end (or the availableNow target), limited."""
+        begin = from_json_offsets(start)
+        latest = dict(self._target) if self._target is not None else self._end_offsets()
+        self._last_latest = dict(latest)
+        for p in sorted(begin):
+            if p not in latest:
+                latest[p] = begin[p]  # partition vanished from the metadata: stay put
+            elif latest[p] < begin[p]:
+                self._data_lost(p, begin[p], latest[p])
+                begin[p] = 0
+        for p in latest:
+            begin.setdefault(p, 0)  # a partition added after the start is read from its start
+        if isinstance(limit, ReadMaxRows):
+            end = split_budget(begin, latest, limit.max_rows)
+        else:
+            end = latest
+        return to_json_offsets(end)
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        """maxOffsetsPerTrigger as Spark's admission-control limit."""
+        limit = self.options.max_offsets_per_trigger
+        return ReadMaxRows(limit) if limit else ReadAllAvailable()
+
+    def reportLatestOffset(self) -> dict | None:
+        """The broker's end offsets seen at the last planning, for the query's progress."""
+        return None if self._last_latest is None else to_json_offsets(self._last_latest)
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        """Fix the ends now: an availableNow run reads what exists at its start, then stops."""
+        self._target = self._end_offsets()
+        log.info("availableNow target", extra={"offsets": to_json_offsets(self._target)})
+
+    def partitions(self, start: dict, end: dict) -> list[KafkaRange]:
+        """One task per partition range, split into chunks of at most recordsPerTask."""
+        begin, stop = from_json_offsets(start), from_json_offsets(end)
+        ranges = []
+        for p in sorted(stop):
+            first = begin.get(p, 0)
+            if stop[p] < first:  # data loss already reported by latestOffset
+                first = 0
+            for lo in range(first, stop[p], self.options.records_per_task):
+                hi = min(stop[p], lo + self.options.records_per_task)
+                ranges.append(
+                    KafkaRange(
+                        self.options.topic,
+                        p,
+                        lo,
+                        hi,
+                        self.options.consumer_conf(),
+                        self.options.poll_timeout,
+                    )
+                )
+        return ranges
+
+    def read(self, partition: KafkaRange) -> Iterator:
+        """Runs on executors: the records of one range as Arrow batches."""
+        return read_range(partition)
+
+    def commit(self, end: dict) -> None:
+        """Nothing to do: the app commits its offsets to ZooKeeper after its own writes."""
+        log.debug("batch planned past", extra={"offsets": end})
+
+    def stop(self) -> None:
+        """Close the metadata clients."""
+        if self._probe_consumer is not None:
+            self._probe_consumer.close()
+            self._probe_consumer = None
+        self._admin = None
+
+    # -- broker and ZooKeeper --------------------------------------------------------------
+
+    def _checked(self, partition: int, committed: int, low: int, high: int) -> int:
+        """A committed offset the broker can serve; past its end means the data is gone."""
+        if committed > high:
+            self._data_lost(partition, committed, high)
+            return low
+        return max(committed, low)
+
+    def _data_lost(self, partition: int, expected: int, found: int) -> None:
+        message = (
+            f"topic {self.options.topic} partition {partition}: the broker ends at offset "
+            f"{found}, before the query's position {expected} (topic re-created or broker "
+            "data lost, e.g. a restarted in-memory broker)"
+        )
+        if self.options.fail_on_data_loss:
+            raise ExpoError(message + "; set failOnDataLoss=false to read it from its start")
+        log.warning("data loss, reading the partition from its start", extra={"detail": message})
+
+    def _admin_client(self):
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            conf = {"bootstrap.servers": self.options.bootstrap, **self.options.client_conf}
+            self._admin = AdminClient(conf)
+        return self._admin
+
+    def _partition_ids(self) -> list[int]:
+        from confluent_kafka import KafkaException
+
+        try:
+            # All topics: naming one makes Tansu create it (4 partitions) as a side effect.
+            metadata = self._admin_client().list_topics(timeout=METADATA_TIMEOUT)
+        except KafkaException as exc:
+            raise ExpoError(f"Kafka at {self.options.bootstrap} is unreachable: {exc}") from None
+        info = metadata.topics.get(self.options.topic)
+        if info is None or info.error is not None:
+            return []  # not created yet: no partitions, no data
+        return sorted(info.partitions)
+
+    def _list_offsets(self, partitions: list[int], spec_name: str) -> Offsets:
+        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        if not partitions:
+            return {}
+        spec = OffsetSpec.earliest() if spec_name == "earliest" else OffsetSpec.latest()
+        request = {TopicPartition(self.options.topic, p): spec for p in partitions}
+        futures = self._admin_client().list_offsets(request, request_timeout=METADATA_TIMEOUT)
+        try:
+            return {tp.partition: f.result().offset for tp, f in futures.items()}
+        except KafkaException as exc:
+            raise ExpoError(f"cannot list offsets of {self.options.topic}: {exc}") from None
+
+    def _bounds(self) -> dict[int, tuple[int, int]]:
+        partitions = self._partition_ids()
+        low = self._list_offsets(partitions, "earliest")
+        high = self._end_offsets(partitions)
+        return {p: (low[p], high[p]) for p in partitions}
+
+    def _end_offsets(self, partitions: list[int] | None = None) -> Offsets:
+        partitions = self._partition_ids() if partitions is None else partitions
+        ends = self._list_offsets(partitions, "latest")
+        if self.options.probe_end_offsets:
+            ends = self._probe_ends(ends)
+        return dict(sorted(ends.items()))
+
+    def _probe_ends(self, watermarks: Offsets) -> Offsets:
+        """Tansu only: its end offset is the last batch's base + 1; fetch the rest of it."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._probe_consumer is None:
+            self._probe_consumer = Consumer(self.options.consumer_conf())
+        consumer = self._probe_consumer
+        consumer.assign(
+            [TopicPartition(self.options.topic, p, hw) for p, hw in watermarks.items() if hw > 0]
+        )
+        ends = dict(watermarks)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            messages = consumer.consume(10_000, timeout=0.2)
+            if not messages:
+                break
+            for m in messages:
+                if m.error() is None:
+                    ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+        consumer.unassign()
+        return ends
+
+    def _zookeeper_offsets(self) -> Offsets:
+        if not self.options.zookeeper:
+            return {}
+        from expo_platform.offsets import ZkOffsets
+
+        with ZkOffsets(self.options.zookeeper, self.options.consumer) as zk:
+            return zk.read(self.options.topic)
+
+
+def _arrow_schema():
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    # Spark checks a returned batch's schema for equality with exactly this conversion.
+    return to_arrow_schema(SCHEMA, timezone="UTC")
+
+
+def read_range(part: KafkaRange) -> Iterator:
+    """Consume records [start, end) of one partition; yield pyarrow RecordBatches."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    schema = _arrow_schema()
+    consumer = Consumer(part.conf)
+    tp = TopicPartition(part.topic, part.partition, part.start)
+    consumer.assign([tp])
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
+    next_offset, last_progress, last_error = part.start, time.monotonic(), None
+    try:
+        while next_offset < part.end:
+            messages = consumer.consume(min(ROWS_PER_ARROW_BATCH, part.end - next_offset), 1.0)
+            if not messages:
+                position = consumer.position([tp])[0].offset
+                # Offsets without records (transaction markers, compaction) end a range too.
+                if position >= part.end:
+                    break
+                if time.monotonic() - last_progress > part.poll_timeout:
+                    raise ExpoError(
+                        f"{part.topic}/{part.partition}: no records for {part.poll_timeout:.0f}s "
+                        f"at offset {next_offset}, expected up to {part.end - 1} "
+                        f"(last client error: {last_error})"
+                    )
+                continue
+            last_progress = time.monotonic()
+            for m in messages:
+                error = m.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    # Transient (the client retries); the poll timeout bounds the wait.
+                    last_error = error.str()
+                    continue
+                offset = m.offset()
+                if offset >= part.end:
+                    next_offset = part.end
+                    break
+                if offset < next_offset:
+                    continue
+                _append(columns, m)
+                next_offset = offset + 1
+            if len(columns["offset"]) >= ROWS_PER_ARROW_BATCH:
+                yield _record_batch(columns, schema)
+                columns = {name: [] for name in COLUMNS}
+        if columns["offset"]:
+            yield _record_batch(columns, schema)
+    finally:
+        consumer.close()
+
+
+def _append(columns: dict[str, list], message) -> None:
+    key, value = message.key(), message.value()
+    kind, stamp = message.timestamp()
+    columns["key"].append(None if key is None else key.decode("utf-8", "replace"))
+    columns["value"].append(None if value is None else value.decode("utf-8", "replace"))
+    columns["topic"].append(message.topic())
+    columns["partition"].append(message.partition())
+    columns["offset"].append(message.offset())
+    columns["timestamp"].append(stamp * 1000 if kind and stamp >= 0 else None)
+
+
+def _record_batch(columns: dict[str, list], schema):
+    import pyarrow as pa
+
+    arrays = [pa.array(columns[f.name], type=f.type) for f in schema]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# -- helpers for the app ------------------------------------------------------------------
+
+
+def register(spark: SparkSession) -> None:
+    """Make `format("expo_kafka")` available in this session."""
+    spark.dataSource.register(ExpoKafkaDataSource)
+
+
+def end_offsets_of_batch(batch: DataFrame) -> dict[int, int]:
+    """Per partition, the next offset after a micro-batch: max(offset) + 1 (what to commit)."""
+    rows = batch.groupBy("partition").agg(F.max("offset").alias("last")).collect()
+    return {int(r["partition"]): int(r["last"]) + 1 for r in sorted(rows)}
+
+
+def uniform(df: DataFrame) -> DataFrame:
+    """The uniform column set, from either source's columns."""
+    return df.select(
+        F.col("key").cast("string").alias("key"),
+        F.col("value").cast("string").alias("value"),
+        F.col("topic").cast("string").alias("topic"),
+        F.col("partition").cast("int").alias("partition"),
+        F.col("offset").cast("long").alias("offset"),
+        F.col("timestamp").cast("timestamp").alias("timestamp"),
+    )
+
+
+def expo_kafka_options(settings: Settings, **options: Any) -> dict[str, str]:
+    """Options of the `expo_kafka` source from the settings, plus overrides (as strings)."""
+    base = {
+        "bootstrap": settings.kafka_bootstrap,
+        "topic": settings.kafka_topic,
+        "zookeeper": settings.zookeeper,
+        "consumer": settings.stream_consumer,
+        "startingOffsets": "earliest",
+    }
+    base.update({k: str(v) for k, v in options.items() if v is not None})
+    return base
+
+
+def builtin_kafka_options(
+    settings: Settings, committed: Mapping[int, int] | None = None, **options: Any
+) -> dict[str, str]:
+    """Options of Spark's built-in `kafka` format; ZooKeeper's offsets become startingOffsets.
+
+    startingOffsets only applies when the query has no checkpoint, as with `expo_kafka`.
+    Partitions without a committed offset start at earliest (-2).
+    """
+    conf = {
+        "kafka.bootstrap.servers": settings.kafka_bootstrap,
+        "subscribe": settings.kafka_topic,
+        "startingOffsets": "earliest",
+        "failOnDataLoss": "true",
+    }
+    if committed:
+        conf["startingOffsets"] = json.dumps({settings.kafka_topic: to_json_offsets(committed)})
+    conf.update({k: str(v) for k, v in options.items() if v is not None})
+    return conf
+
+
+def read_stream(
+    spark: SparkSession, settings: Settings, fmt: str = SOURCE_NAME, **options: Any
+) -> DataFrame:
+    """The beacons topic as a streaming DataFrame with the uniform schema, from either source.
+
+    `options` go to the source as they are (e.g. startingOffsets, maxOffsetsPerTrigger).
+    """
+    if fmt == SOURCE_NAME:
+        register(spark)
+        reader = spark.readStream.format(SOURCE_NAME).options(
+            **expo_kafka_options(settings, **options)
+        )
+        return uniform(reader.load())
+    if fmt == "kafka":
+        committed = _committed_offsets(settings)
+        conf = builtin_kafka_options(settings, committed, **options)
+        return uniform(spark.readStream.format("kafka").options(**conf).load())
+    raise ExpoError(f"unknown stream format {fmt!r}: use {SOURCE_NAME} or kafka")
+
+
+def _committed_offsets(settings: Settings) -> dict[int, int]:
+    from expo_platform.offsets import ZkOffsets
+
+    with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
+        return zk.read(settings.kafka_topic)

