@@ -18,7 +18,7 @@ from expo_platform import beacons as bc
 from expo_platform import lake
 from expo_platform.errors import ExpoError
 from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
-from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics
+from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics, wide_points
 from expo_platform.scorecards import VISITOR_DAILY_SCHEMA, visitor_daily
 from expo_platform.settings import Settings
 from expo_platform.store import MetricStore, Point
@@ -172,13 +172,7 @@ def process_metrics(
         lake.read_partitions(spark, settings, "sessions", [following]),
         lake.read_partitions(spark, settings, "sessions", window),
     ).collect()
-    points = [
-        Point(
-            m, r["experiment"], r["variant"], r["population"], hour_iso(hour), "batch", float(r[m])
-        )
-        for r in wide
-        for m in EXPERIMENT_METRICS
-    ]
+    points = wide_points(wide, hour_iso(hour), "batch")
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
     shown = (*KEY, "visitors", "visits", "bounces", "orders", "revenue")
     preview = sorted(({k: r[k] for k in shown} for r in wide), key=lambda d: d["experiment"])

@@ -98,6 +98,18 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         seed=args.seed,
         dirty_fraction=args.dirty,
     )
+    if args.kafka:
+        from expo_platform.producer import produce_live
+
+        if not args.rate or not args.duration:
+            raise ExpoError("--kafka needs --rate and --duration")
+        topic = args.topic or settings.kafka_topic
+        print(f"producing to {topic}@{args.kafka} at {args.rate:,.0f}/s for {args.duration:g}s")
+        sent = produce_live(args.kafka, topic, config, args.rate, args.duration, progress=print)
+        print(sent.summary())
+        if sent.failed:
+            raise ExpoError(f"{sent.failed:,} messages were not delivered: {sent.errors}")
+        return
     report = write_landing(config, settings.landing_dir, progress=print)
     rejects = ", ".join(f"{k} {v:,}" for k, v in sorted(report.rejects.items()))
     print(
@@ -105,6 +117,17 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         f"{settings.landing_dir}: {report.clean:,} clean, {report.duplicates:,} duplicates"
         + (f", rejects: {rejects}" if rejects else "")
     )
+
+
+def cmd_stream(args: argparse.Namespace, settings: Settings) -> None:
+    import dataclasses
+
+    from expo_platform.stream import run_stream
+
+    if args.trigger:
+        settings = dataclasses.replace(settings, stream_trigger_seconds=args.trigger)
+    settings.lake.mkdir(parents=True, exist_ok=True)
+    run_stream(settings, until_idle=args.until_idle)
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
@@ -199,7 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--visitors", type=int, default=5000)
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--dirty", type=float, default=0.02, help="share of dirty lines (0..0.5)")
+    gen.add_argument("--kafka", metavar="BOOTSTRAP", help="produce live to Kafka instead")
+    gen.add_argument("--topic", help="Kafka topic (default EXPO_KAFKA_TOPIC)")
+    gen.add_argument("--rate", type=float, help="messages per second, with --kafka")
+    gen.add_argument("--duration", type=float, help="seconds to produce for, with --kafka")
     gen.set_defaults(func=cmd_generate)
+
+    stream = sub.add_parser("stream", help="run the speed layer (Spark Structured Streaming)")
+    stream.add_argument(
+        "--until-idle", action="store_true", help="process what is available, then stop"
+    )
+    stream.add_argument("--trigger", type=int, help="trigger interval in seconds")
+    stream.set_defaults(func=cmd_stream)
 
     bat = sub.add_parser("batch", help="materialize the hourly batch graph for a range of hours")
     bat.add_argument("--from", dest="first", type=_hour_arg, required=True)

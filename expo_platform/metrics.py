@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from expo_platform.store import Point
 from expo_platform.visits import FACT_FIELDS
 
 KEY = ("experiment", "variant", "population")
@@ -63,3 +64,12 @@ def hourly_metrics(
     return hourly.join(rolling, list(KEY), "left").select(
         *KEY, *[F.col(m).cast("double").alias(m) for m in EXPERIMENT_METRICS]
     )
+
+
+def wide_points(rows: list, hour: str, layer: str) -> list[Point]:
+    """Store points of the collected rows of `hourly_metrics`, one per key and metric."""
+    return [
+        Point(m, r["experiment"], r["variant"], r["population"], hour, layer, float(r[m]))
+        for r in rows
+        for m in EXPERIMENT_METRICS
+    ]

@@ -47,6 +47,15 @@ def _conf(text: str) -> dict[str, str]:
     return conf
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
 def _weights(text: str) -> dict[str, float]:
     """Parse `experiment/variant=weight,...` into positive floats."""
     weights = {k: float(v) for k, v in _conf(text).items()}
@@ -121,6 +130,43 @@ class Settings:
     stream_consumer: str = _setting(
         "EXPO_STREAM_CONSUMER", str, "consumer name of the streaming app in ZooKeeper", "expo-speed"
     )
+    stream_source: str = _setting(
+        "EXPO_STREAM_SOURCE",
+        _choice("expo_kafka", "kafka"),
+        "Kafka reader of the stream: expo_kafka (confluent-kafka) or Spark's built-in kafka",
+        "expo_kafka",
+    )
+    stream_trigger_seconds: int = _setting(
+        "EXPO_STREAM_TRIGGER_SECONDS", _positive_int, "micro-batch trigger interval", "60"
+    )
+    stream_watermark_minutes: int = _setting(
+        "EXPO_STREAM_WATERMARK_MINUTES",
+        _positive_int,
+        "how far behind the newest event time a beacon may arrive and still be counted",
+        "10",
+    )
+    stream_max_offsets: int = _setting(
+        "EXPO_STREAM_MAX_OFFSETS",
+        _positive_int,
+        "most Kafka messages per micro-batch (0: no limit)",
+        "0",
+    )
+    stream_starting_offsets: str = _setting(
+        "EXPO_STREAM_STARTING_OFFSETS",
+        _choice("earliest", "latest"),
+        "where a stream with neither checkpoint nor ZooKeeper offsets starts",
+        "earliest",
+    )
+    stream_ui_port: int = _setting(
+        "EXPO_STREAM_UI_PORT", _positive_int, "Spark UI port of the streaming app", "4040"
+    )
+    kafka_end_offsets: str = _setting(
+        "EXPO_KAFKA_END_OFFSETS",
+        _choice("watermark", "probe"),
+        "how the stream finds a partition's end: the broker's high watermark, or probe "
+        "(for the local Tansu broker, whose high watermark lags)",
+        "watermark",
+    )
     services_dir: Path = _setting(
         "EXPO_SERVICES_DIR",
         _path,
@@ -160,6 +206,11 @@ class Settings:
         prefix = f"{experiment}/"
         found = {k[len(prefix) :]: w for k, w in self.srm_weights.items() if k.startswith(prefix)}
         return found or None
+
+    @property
+    def stream_dir(self) -> Path:
+        """The speed layer's own files: checkpoint, counted beacons, sessions, progress."""
+        return self.lake / "stream"
 
     @property
     def reports_dir(self) -> Path:

@@ -1,0 +1,579 @@
+"""The speed layer: Kafka -> Spark Structured Streaming -> metric store, layer speed.
+
+Every micro-batch runs `MicroBatch.run` through `foreachBatch`. Everything it writes is keyed
+by the batch (`<epoch>-<batch id>`) or is an absolute value, so a batch that is replayed
+after a crash rewrites the same files and points:
+
+1. every raw message goes to the landing zone by event hour (the batch layer's input);
+   a message without an event time goes to the stream quarantine with its reason;
+2. the batch layer's validation (`beacons.parse_beacons`) decides what counts; a valid
+   beacon more than the watermark behind the newest event time seen before the batch is
+   late (counted as `beacons_late`, not in the metrics); an `event_id` already counted in
+   its hour is a duplicate;
+3. the counted beacons are kept by hour; the touched hours are sessionized again with
+   `visits.build_sessions` (open visits carried from the hour before) and their metrics
+   recomputed with `metrics.hourly_metrics`, the same functions as the batch layer;
+4. rolling 1-hour and 24-hour unique visitors are stamped with the batch's event-time minute;
+5. the progress (newest event time, quality counts) is written, then the Kafka offsets are
+   committed to ZooKeeper: only after every write of the batch has succeeded.
+
+Counted beacons and sessions older than RETENTION_HOURS are deleted: no state outlives the
+24-hour lookback of `visitors_24h`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from expo_platform import beacons as bc
+from expo_platform.errors import ExpoError
+from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_key, parse_hour
+from expo_platform.kafka_source import end_offsets_of_batch, read_stream
+from expo_platform.metrics import EXPERIMENT_METRICS, hourly_metrics, wide_points
+from expo_platform.settings import Settings
+from expo_platform.store import MetricStore, Point
+from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
+
+log = logging.getLogger("expo_platform.stream")
+
+T = TypeVar("T")
+RETENTION_HOURS = 26  # visitors_24h looks back 23 hours; the rolling window 24
+MINUTE_MS = 60_000
+ROLLING = (("visitors_rolling_1h", 1), ("visitors_rolling_24h", 24))
+STREAM_QUALITY = (
+    "beacons_total",
+    "beacons_valid",
+    "beacons_duplicate",
+    "beacons_late",
+    *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
+)
+QUARANTINE_SCHEMA = "raw string, reason string, detail string, partition int, offset bigint"
+RETRY_LIMIT_S = 900.0  # give up on the store or ZooKeeper after 15 minutes of failures
+
+
+def retry(what: str, action: Callable[[], T], limit_s: float = RETRY_LIMIT_S) -> T:
+    """Run `action` until it succeeds, backing off up to 30 s; writes are idempotent."""
+    started, delay = time.monotonic(), 1.0
+    while True:
+        try:
+            return action()
+        except ExpoError as exc:
+            if time.monotonic() - started > limit_s:
+                raise
+            log.warning("%s failed, retrying in %.0fs: %s", what, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+@dataclass
+class Progress:
+    """What the stream knows after a batch: newest event time and quality counts per hour."""
+
+    key: str = ""  # "<epoch>-<batch>" of the batch that wrote it
+    max_ts: int | None = None
+    quality: dict[str, dict[str, int]] = field(default_factory=dict)  # hour key -> counts
+    no_event_time: int = 0  # messages quarantined without an hour
+
+    def watermark(self, delay_ms: int) -> int | None:
+        """Valid beacons with ts below this are late."""
+        return None if self.max_ts is None else self.max_ts - delay_ms
+
+
+class StreamFiles:
+    """Where the speed layer keeps its files, all under `<lake>/stream`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.stream_dir
+        self.landing = settings.landing_dir
+        self.checkpoint = self.root / "checkpoint"
+        self.progress_dir = self.root / "progress"
+        self.beacons_dir = self.root / "beacons"
+        self.sessions_dir = self.root / "sessions"
+        self.quarantine_dir = self.root / "quarantine"
+        self.tmp_dir = self.root / "_tmp"
+
+    def epoch(self) -> int:
+        """The epoch of this checkpoint: a new checkpoint starts a new one (batch ids restart)."""
+        marker = self.checkpoint / "expo_epoch"
+        if marker.exists():
+            return int(marker.read_text())
+        epochs = [int(p.name.split("-")[0]) for p in self.progress_dir.glob("*.json")]
+        epoch = max(epochs, default=-1) + 1
+        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(epoch))
+        return epoch
+
+    def progress_before(self, key: str) -> Progress:
+        """The progress of the newest batch before `key` (empty for the first)."""
+        keys = sorted(p.stem for p in self.progress_dir.glob("*.json") if p.stem < key)
+        if not keys:
+            return Progress()
+        data = json.loads((self.progress_dir / f"{keys[-1]}.json").read_text())
+        return Progress(**data)
+
+    def write_progress(self, progress: Progress) -> None:
+        write_atomically(self.progress_dir / f"{progress.key}.json", json.dumps(asdict(progress)))
+
+    def beacon_paths(self, hour: datetime, upto: str) -> list[str]:
+        """Counted-beacon folders of an hour written by batches up to `upto` (inclusive)."""
+        part = f"hourly_partitioner={hour_key(hour)}"
+        return [
+            str(d / part)
+            for d in sorted(self.beacons_dir.glob("batch=*"))
+            if d.name.removeprefix("batch=") <= upto
+            and (d / "_SUCCESS").exists()
+            and (d / part).is_dir()
+        ]
+
+    def session_path(self, hour: datetime) -> Path:
+        return self.sessions_dir / f"hourly_partitioner={hour_key(hour)}"
+
+    def hours_with_beacons(self, upto: str) -> list[datetime]:
+        """Hours that counted beacons of batches up to `upto` fall in."""
+        hours = set()
+        for d in self.beacons_dir.glob("batch=*"):
+            if d.name.removeprefix("batch=") <= upto and (d / "_SUCCESS").exists():
+                hours |= {p.name.split("=", 1)[1] for p in d.glob("hourly_partitioner=*")}
+        return sorted(parse_hour(h) for h in hours)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers never see half a file: write beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _hour_of(ts: str) -> F.Column:
+    return F.date_format(F.timestamp_millis(F.col(ts)), "yyyy-MM-dd-HH")
+
+
+class MicroBatch:
+    """Process one micro-batch of Kafka messages; see the module docstring for the steps."""
+
+    def __init__(self, settings: Settings, store: MetricStore, commit: Callable) -> None:
+        self.settings = settings
+        self.store = store
+        self.commit_offsets = commit
+        self.files = StreamFiles(settings)
+        self.epoch = self.files.epoch()
+        self.watermark_ms = settings.stream_watermark_minutes * MINUTE_MS
+
+    def __call__(self, df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        key = f"{self.epoch:04d}-{batch_id:08d}"
+        messages = df.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = self.run(messages.sparkSession, messages, key)
+            offsets = end_offsets_of_batch(messages)
+        finally:
+            messages.unpersist()
+        if offsets:
+            retry("committing offsets to ZooKeeper", lambda: self.commit_offsets(offsets))
+        log.info(
+            "batch %s done in %.1fs: %s; offsets %s",
+            key,
+            time.monotonic() - started,
+            " ".join(f"{k}={v}" for k, v in counts.items()),
+            offsets,
+        )
+
+    def run(self, spark: SparkSession, messages: DataFrame, key: str) -> dict[str, int]:
+        """All writes of the batch; returns its counts."""
+        previous = self.files.progress_before(key)
+        parsed = (
+            messages.select(
+                F.regexp_replace("value", "[\\r\\n]+", " ").alias("value"), "partition", "offset"
+            )
+            .transform(bc.drop_blank_lines)
+            .transform(bc.parse_beacons)
+            .withColumn(
+                "hourly_partitioner",
+                F.when(F.col("ts") > 0, _hour_of("ts")),
+            )
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        try:
+            return self._run(spark, parsed, key, previous)
+        finally:
+            parsed.unpersist()
+
+    def _run(
+        self, spark: SparkSession, parsed: DataFrame, key: str, previous: Progress
+    ) -> dict[str, int]:
+        self._land(parsed, key)
+        watermark = previous.watermark(self.watermark_ms)
+        valid = F.col("reason").isNull()
+        late = valid & (F.col("ts") < F.lit(watermark)) if watermark is not None else F.lit(False)
+        classified = parsed.withColumn(
+            "reason",
+            F.when(late, F.lit("late")).otherwise(F.col("reason")),
+        )
+        on_time = classified.where(F.col("reason").isNull())
+        hours = [
+            parse_hour(r[0]) for r in on_time.select("hourly_partitioner").distinct().collect()
+        ]
+        seen = self._counted_event_ids(spark, hours, key)
+        checked = bc.mark_duplicates(on_time).join(
+            seen.withColumn("_seen", F.lit(True)), "event_id", "left"
+        )
+        checked = checked.withColumn(
+            "reason",
+            F.when(F.col("_seen") & F.col("reason").isNull(), F.lit(bc.DUPLICATE)).otherwise(
+                F.col("reason")
+            ),
+        ).drop("_seen")
+        counted = checked.where(F.col("reason").isNull())
+        # The batch's folder is replaced as a whole (static overwrite writes its _SUCCESS).
+        counted.select(*bc.BEACON_COLUMNS, "hourly_partitioner").write.mode("overwrite").option(
+            "partitionOverwriteMode", "static"
+        ).partitionBy("hourly_partitioner").parquet(str(self.files.beacons_dir / f"batch={key}"))
+
+        batch_counts = self._quality(classified, checked)
+        max_ts = on_time.agg(F.max("ts")).first()[0]
+        progress = Progress(
+            key=key,
+            max_ts=max(v for v in (previous.max_ts, max_ts) if v is not None)
+            if (previous.max_ts is not None or max_ts is not None)
+            else None,
+            quality=self._add_quality(previous.quality, batch_counts),
+            no_event_time=previous.no_event_time + batch_counts.pop("", Counter())["beacons_total"],
+        )
+        self._write_quality(progress, set(batch_counts))
+        if hours:
+            self._recompute(spark, min(hours), key)
+        if progress.max_ts is not None:
+            self._rolling(spark, progress.max_ts, key)
+        self.files.write_progress(progress)
+        self._expire(progress)
+        return {
+            "messages": sum(c["beacons_total"] for c in batch_counts.values()),
+            "no_event_time": progress.no_event_time - previous.no_event_time,
+            "counted": sum(c["beacons_valid"] for c in batch_counts.values()),
+            "late": sum(c["beacons_late"] for c in batch_counts.values()),
+            "hours": len(hours),
+        }
+
+    def _land(self, parsed: DataFrame, key: str) -> None:
+        """Raw messages into the landing zone by event hour; the rest to the quarantine."""
+        for old in self.files.landing.glob(f"hour=*/stream-{key}-*.json"):
+            old.unlink()  # a replayed batch writes its files again
+        tmp = self.files.tmp_dir / f"landing-{key}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dated = parsed.where(F.col("hourly_partitioner").isNotNull())
+        dated.select(F.col("hourly_partitioner").alias("hour"), "raw").write.partitionBy(
+            "hour"
+        ).text(str(tmp))
+        for folder in sorted(tmp.glob("hour=*")):
+            target = self.files.landing / folder.name
+            target.mkdir(parents=True, exist_ok=True)
+            for i, part in enumerate(sorted(folder.glob("part-*"))):
+                if part.stat().st_size:
+                    os.replace(part, target / f"stream-{key}-{i:03d}.json")
+        shutil.rmtree(tmp, ignore_errors=True)
+        parsed.where(F.col("hourly_partitioner").isNull()).select(
+            "raw",
+            F.coalesce("reason", F.lit("bad_field")).alias("reason"),
+            F.coalesce("detail", F.lit("ts")).alias("detail"),
+            "partition",
+            "offset",
+        ).write.mode("overwrite").parquet(str(self.files.quarantine_dir / f"batch={key}"))
+
+    def _counted_event_ids(self, spark: SparkSession, hours: list[datetime], key: str):
+        """event_ids already counted in these hours by earlier batches."""
+        paths = [
+            p for h in hours for p in self.files.beacon_paths(h, key) if f"batch={key}" not in p
+        ]
+        if not paths:
+            return spark.createDataFrame([], "event_id string")
+        return spark.read.schema(bc.BEACON_SCHEMA).parquet(*paths).select("event_id").distinct()
+
+    @staticmethod
+    def _quality(classified: DataFrame, checked: DataFrame) -> dict[str, Counter]:
+        """Per hour key ("" for no event time): counts of this batch by metric."""
+        out: dict[str, Counter] = {}
+        reasons = (
+            classified.where(F.col("reason").isNotNull())
+            .groupBy(F.coalesce("hourly_partitioner", F.lit("")).alias("h"), "reason")
+            .count()
+        )
+        for r in reasons.collect():
+            metric = "beacons_late" if r["reason"] == "late" else f"beacons_rejected_{r['reason']}"
+            out.setdefault(r["h"], Counter())[metric] += r["count"]
+        counted = checked.groupBy("hourly_partitioner", "reason").count()
+        for r in counted.collect():
+            metric = "beacons_duplicate" if r["reason"] else "beacons_valid"
+            out.setdefault(r["hourly_partitioner"], Counter())[metric] += r["count"]
+        for counts in out.values():
+            counts["beacons_total"] = sum(v for k, v in counts.items() if k != "beacons_total")
+        return out
+
+    @staticmethod
+    def _add_quality(before: dict, batch: dict[str, Counter]) -> dict[str, dict[str, int]]:
+        totals = {h: dict(c) for h, c in before.items()}
+        for h, counts in batch.items():
+            if h:
+                merged = Counter(totals.get(h, {}))
+                merged.update(counts)
+                totals[h] = dict(merged)
+        return totals
+
+    def _write_quality(self, progress: Progress, hours: set[str]) -> None:
+        points = [
+            Point(
+                m,
+                "",
+                "",
+                "",
+                hour_iso(parse_hour(h)),
+                "speed",
+                float(progress.quality[h].get(m, 0)),
+            )
+            for h in sorted(hours - {""})
+            for m in STREAM_QUALITY
+        ]
+        if points:
+            hour_list = sorted({p.hour for p in points})
+            retry(
+                "writing quality points",
+                lambda: self.store.replace(
+                    points, layer="speed", hours=hour_list, metrics=STREAM_QUALITY
+                ),
+            )
+
+    def _sessions(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
+        paths = [str(p) for h in hours if (p := self.files.session_path(h)).is_dir()]
+        if not paths:
+            return spark.createDataFrame([], SESSIONS_SCHEMA)
+        return spark.read.schema(SESSIONS_SCHEMA).parquet(*paths)
+
+    def _recompute(self, spark: SparkSession, first: datetime, key: str) -> None:
+        """Sessionize from `first` to the newest hour again, then rewrite their metrics."""
+        newest = self.files.hours_with_beacons(key)[-1]
+        hour = first
+        while hour <= newest:
+            paths = self.files.beacon_paths(hour, key)
+            target = self.files.session_path(hour)
+            if paths:
+                beacons = spark.read.schema(bc.BEACON_SCHEMA).parquet(*paths)
+                rows = build_sessions(
+                    beacons, self._sessions(spark, [hour - ONE_HOUR]), int(hour.timestamp() * 1000)
+                )
+                tmp = self.files.tmp_dir / f"sessions-{key}"
+                rows.write.mode("overwrite").parquet(str(tmp))
+                shutil.rmtree(target, ignore_errors=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+            hour += ONE_HOUR
+        # An hour's bounces depend on the next hour: the hour before `first` changes too.
+        hour = first - ONE_HOUR
+        while hour <= newest:
+            if self.files.session_path(hour).is_dir():
+                window = [hour - ONE_HOUR * back for back in range(23, -1, -1)]
+                wide = hourly_metrics(
+                    self._sessions(spark, [hour]),
+                    self._sessions(spark, [hour + ONE_HOUR]),
+                    self._sessions(spark, window),
+                ).collect()
+                points = wide_points(wide, hour_iso(hour), "speed")
+                retry(
+                    f"writing speed metrics of {hour_iso(hour)}",
+                    lambda points=points, hour=hour: self.store.replace(
+                        points, layer="speed", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS
+                    ),
+                )
+            hour += ONE_HOUR
+
+    def _rolling(self, spark: SparkSession, max_ts: int, key: str) -> None:
+        """Unique visitors of the last hour and day, stamped with the event-time minute."""
+        end = (max_ts // MINUTE_MS + 1) * MINUTE_MS
+        first = datetime.fromtimestamp((end - 24 * HOUR_MS) // HOUR_MS * HOUR_MS / 1000, UTC)
+        last = datetime.fromtimestamp(max_ts // HOUR_MS * HOUR_MS / 1000, UTC)
+        paths = []
+        hour = first
+        while hour <= last:
+            paths += self.files.beacon_paths(hour, key)
+            hour += ONE_HOUR
+        if not paths:
+            return
+        beacons = spark.read.schema(bc.BEACON_SCHEMA).parquet(*paths)
+        keyed = beacons.where((F.col("ts") >= end - 24 * HOUR_MS) & (F.col("ts") < end)).select(
+            "visitor_id", "ts", F.inline(populations(F.col("experiments")))
+        )
+        aggregates = [
+            F.count_distinct(
+                F.when(F.col("ts") >= end - hours * HOUR_MS, F.col("visitor_id"))
+            ).alias(name)
+            for name, hours in ROLLING
+        ]
+        rows = keyed.groupBy("experiment", "variant", "population").agg(*aggregates).collect()
+        stamp = datetime.fromtimestamp((end - MINUTE_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
+        points = [
+            Point(
+                name, r["experiment"], r["variant"], r["population"], stamp, "speed", float(r[name])
+            )
+            for r in rows
+            for name, _ in ROLLING
+        ]
+        retry("writing rolling visitors", lambda: self.store.upsert(points))
+
+    def _expire(self, progress: Progress) -> None:
+        """Delete counted beacons and sessions older than the retention."""
+        if progress.max_ts is None:
+            return
+        cutoff = hour_key(
+            datetime.fromtimestamp(progress.max_ts / 1000, UTC) - timedelta(hours=RETENTION_HOURS)
+        )
+        for folder in [
+            *self.files.beacons_dir.glob("batch=*/hourly_partitioner=*"),
+            *self.files.sessions_dir.glob("hourly_partitioner=*"),
+        ]:
+            if folder.name.split("=", 1)[1] < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        progress.quality = {h: c for h, c in progress.quality.items() if h >= cutoff}
+
+
+def stream_spark_config(settings: Settings) -> dict[str, str]:
+    """The Spark settings of the streaming app: no Hive (its Derby metastore is the batch
+    layer's, and admits one process), RocksDB state, metrics for the supervisor."""
+    conf = settings.spark_config()
+    conf.update(
+        {
+            "spark.app.name": "expo-stream",
+            "spark.sql.catalogImplementation": "in-memory",
+            "spark.ui.enabled": "true",
+            "spark.ui.port": str(settings.stream_ui_port),
+            "spark.sql.streaming.metricsEnabled": "true",
+            "spark.metrics.namespace": "expo",
+            "spark.sql.streaming.stateStore.providerClass": (
+                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+            ),
+        }
+    )
+    conf.pop("spark.driver.extraJavaOptions", None)
+    conf.update(settings.spark_conf)
+    return conf
+
+
+def start_spark(settings: Settings) -> SparkSession:
+    """A Spark session for the streaming app."""
+    from expo_platform.spark import python_environment, quiet
+
+    python_environment()
+    builder = SparkSession.builder
+    for k, v in stream_spark_config(settings).items():
+        builder = builder.config(k, v)
+    return quiet(builder.getOrCreate())
+
+
+@dataclass
+class StreamReport:
+    """How a run of the streaming app ended."""
+
+    batches: int = 0
+    stopped_by: str = ""
+
+
+def run_stream(
+    settings: Settings,
+    *,
+    until_idle: bool = False,
+    spark: SparkSession | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[str], None] = print,
+) -> StreamReport:
+    """Run the speed layer until idle, until `stop` is set, or until SIGTERM/SIGINT."""
+    from expo_platform.offsets import ZkOffsets
+
+    spark = spark or start_spark(settings)
+    stop = stop or threading.Event()
+    files = StreamFiles(settings)
+    options: dict[str, Any] = {
+        "startingOffsets": settings.stream_starting_offsets,
+    }
+    if settings.stream_source == "expo_kafka":
+        options["endOffsets"] = settings.kafka_end_offsets
+    if settings.stream_max_offsets:
+        options["maxOffsetsPerTrigger"] = settings.stream_max_offsets
+    source = read_stream(spark, settings, settings.stream_source, **options)
+    report = StreamReport()
+    with (
+        MetricStore(settings.metric_store) as store,
+        ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk,
+    ):
+
+        def commit(offsets: dict[int, int]) -> None:
+            zk.commit(settings.kafka_topic, offsets)
+
+        sink = MicroBatch(settings, store, commit)
+
+        def on_batch(df: DataFrame, batch_id: int) -> None:
+            sink(df, batch_id)
+            report.batches += 1
+
+        writer = (
+            source.writeStream.queryName("expo_speed")
+            .foreachBatch(on_batch)
+            .option("checkpointLocation", str(files.checkpoint))
+        )
+        writer = (
+            writer.trigger(availableNow=True)
+            if until_idle
+            else writer.trigger(processingTime=f"{settings.stream_trigger_seconds} seconds")
+        )
+        query = writer.start()
+        progress(
+            f"stream {settings.kafka_topic}@{settings.kafka_bootstrap} -> {settings.metric_store} "
+            f"(epoch {sink.epoch}, Spark UI {spark.sparkContext.uiWebUrl})"
+        )
+        handlers = _install_signal_handlers(stop)
+        try:
+            while query.isActive:
+                if stop.is_set():
+                    # Let the running micro-batch finish: stopping cancels its jobs.
+                    while query.status["isTriggerActive"]:
+                        time.sleep(0.2)
+                    query.stop()
+                    report.stopped_by = "signal"
+                    break
+                query.awaitTermination(0.5)
+            if query.exception() is not None:
+                raise ExpoError(f"the streaming query failed: {query.exception()}")
+        finally:
+            _restore_signal_handlers(handlers)
+    report.stopped_by = report.stopped_by or ("idle" if until_idle else "stopped")
+    progress(f"stream stopped ({report.stopped_by}) after {report.batches} micro-batches")
+    return report
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, lambda *_: stop.set())
+    return old
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)

@@ -1,0 +1,120 @@
+"""The speed layer against the real broker and ZooKeeper: same numbers as the batch layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from definitions import build_defs
+from expo_platform import cli
+from expo_platform.generator import GeneratorConfig, iter_lines
+from expo_platform.hours import hour_iso, parse_hour
+from expo_platform.metrics import EXPERIMENT_METRICS
+from expo_platform.offsets import ZkOffsets
+from expo_platform.producer import produce_lines
+from expo_platform.services import ensure_topic
+from expo_platform.store import MetricStore
+from expo_platform.stream import StreamFiles, run_stream
+from sensors.batch_runner import run_batch
+from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from tests.test_batch_layer import PROJECT
+
+START = parse_hour("2026-03-02T10")
+
+
+def stream_settings(settings, kafka, zookeeper, topic, **overrides):  # noqa: F811
+    return dataclasses.replace(
+        settings,
+        kafka_bootstrap=kafka.address,
+        kafka_topic=topic,
+        zookeeper=zookeeper.address,
+        stream_consumer=f"c-{topic}",
+        kafka_end_offsets="probe",
+        stream_max_offsets=1500,
+        stream_watermark_minutes=30,
+        max_reject_rate=0.5,
+        **overrides,
+    )
+
+
+def points(settings, layer: str) -> dict:
+    with MetricStore(settings.metric_store) as store:
+        found = store.query(layer=layer) + store.query(layer=layer, quality=True)
+    return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    """Three hours of clean generated traffic, in time order."""
+    config = GeneratorConfig(start=START, hours=3, visitors=700, seed=5, dirty_fraction=0.0)
+    return [line for _, line, _ in iter_lines(config)]
+
+
+def test_speed_equals_batch_once_the_next_hour_has_passed(
+    spark,
+    settings,
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    traffic,
+    monkeypatch,
+):
+    topic = unique_topic("stream")
+    ensure_topic(kafka.address, topic, 4)
+    produce_lines(kafka.address, topic, traffic)
+    conf = stream_settings(settings, kafka, zookeeper, topic)
+    report = run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
+    assert report.batches >= 3  # maxOffsetsPerTrigger splits the backlog
+
+    # Every message reached the landing zone, once.
+    landed = [
+        line
+        for path in sorted(conf.landing_dir.glob("hour=*/stream-*.json"))
+        for line in path.read_text().splitlines()
+    ]
+    assert Counter(landed) == Counter(traffic)
+
+    # The offsets committed to ZooKeeper are the end of the topic.
+    with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
+        assert sum(zk.read(topic).values()) == len(traffic)
+
+    # The batch layer over what the stream landed.
+    monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
+    cli.prepare_dagster_home(conf, PROJECT)
+    run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
+    speed, batch = points(conf, "speed"), points(conf, "batch")
+    final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
+    compared = 0
+    for key, value in batch.items():
+        if key[0] in EXPERIMENT_METRICS and key[4] in final_hours:
+            assert speed.get(key) == pytest.approx(value), key
+            compared += 1
+    assert compared > 200
+    assert {k for k in speed if k[0] in EXPERIMENT_METRICS and k[4] in final_hours} == {
+        k for k in batch if k[0] in EXPERIMENT_METRICS and k[4] in final_hours
+    }
+    # Data quality of the stream: everything valid, nothing late.
+    valid = sum(v for k, v in speed.items() if k[0] == "beacons_valid")
+    assert valid == len(traffic)
+    assert sum(v for k, v in speed.items() if k[0] == "beacons_late") == 0
+
+    # Rolling unique visitors, stamped with the newest event-time minute: exact here.
+    rolling = {k: v for k, v in speed.items() if k[0] == "visitors_rolling_24h"}
+    newest = max(k[4] for k in rolling)
+    beacons = [json.loads(line) for line in traffic]
+    exact = len(
+        {
+            b["visitor_id"]
+            for b in beacons
+            if any(
+                e["id"] == "checkout-button" and e["variant"] == "control" for e in b["experiments"]
+            )
+        }
+    )
+    got = rolling[("visitors_rolling_24h", "checkout-button", "control", "assigned", newest)]
+    assert abs(got - exact) / exact <= 0.02
+    files = StreamFiles(conf)
+    assert files.epoch() == 0
