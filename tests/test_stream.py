@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +28,7 @@ from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
 from tests.test_batch_layer import PROJECT
 
 START = parse_hour("2026-03-02T10")
+EXPO = str(Path(sys.executable).with_name("expo"))
 
 
 def stream_settings(settings, kafka, zookeeper, topic, **overrides):  # noqa: F811
@@ -179,8 +184,54 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
         assert sum(zk.read(topic).values()) == len(first) + len(bad)
 
+    # The checkpoint is lost: the next start resumes from ZooKeeper's offsets (a new epoch),
+    # so nothing already counted is read again.
+    shutil.rmtree(StreamFiles(conf).checkpoint)
+    produce_lines(kafka.address, topic, traffic[1500:1501])
+    run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
+    assert StreamFiles(conf).epoch() == 1
+    resumed = points(conf, "speed")
+    valid = lambda pts: sum(v for k, v in pts.items() if k[0] == "beacons_valid")  # noqa: E731
+    assert valid(resumed) == valid(after) + 1
+
 
 def _hour_key(ts: int) -> str:
     from expo_platform.hours import hour_key, hour_of_ms
 
     return hour_key(hour_of_ms(ts))
+
+
+def test_expo_generate_produces_live_traffic(kafka):  # noqa: F811
+    from tests.test_kafka_source import consume_all
+
+    topic = unique_topic("live")
+    ensure_topic(kafka.address, topic, 2)
+    args = ["--kafka", kafka.address, "--topic", topic, "--rate", "400", "--duration", "3"]
+    result = subprocess.run(
+        [
+            EXPO,
+            "generate",
+            "--start",
+            "2026-03-02T10",
+            "--hours",
+            "1",
+            "--visitors",
+            "50",
+            "--dirty",
+            "0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    sent = int(summary.split("sent=")[1].split()[0])
+    assert 300 <= sent <= 1300  # about 3 s at 400/s, unless the generator ran out first
+    assert f"delivered={sent} failed=0" in summary
+    records = consume_all(kafka.address, topic, 2)
+    assert len(records) == sent
+    for partition in (0, 1):  # in event-time order within each partition
+        times = [json.loads(m.value())["ts"] for m in records if m.partition() == partition]
+        assert times == sorted(times)
