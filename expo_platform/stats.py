@@ -198,6 +198,42 @@ def _seq_bounds(
     return difference - half, difference + half
 
 
+def _comparison(
+    metric: str,
+    kind: str,
+    names: tuple[str, str],
+    values: tuple[float | None, float | None],
+    sizes: tuple[int, int],
+    difference: float | None,
+    interval: tuple[float | None, float | None],
+    p_value: float | None,
+    se: float | None,
+    alpha: float,
+    planned_n: float,
+) -> Comparison:
+    """A Comparison from the figures of either test, with its always-valid interval."""
+    ci_low, ci_high = interval
+    fixed_half = (ci_high - ci_low) / 2 if ci_low is not None and ci_high is not None else None
+    seq_low, seq_high = _seq_bounds(difference, se, sum(sizes), fixed_half, alpha, planned_n)
+    return Comparison(
+        metric=metric,
+        kind=kind,
+        control=names[0],
+        variant=names[1],
+        control_value=values[0],
+        variant_value=values[1],
+        difference=difference,
+        lift=_lift(difference, values[0]),
+        ci_low=ci_low,
+        ci_high=ci_high,
+        p_value=p_value,
+        n_control=sizes[0],
+        n_variant=sizes[1],
+        seq_ci_low=seq_low,
+        seq_ci_high=seq_high,
+    )
+
+
 def welch(
     metric: str,
     control_name: str,
@@ -224,24 +260,18 @@ def welch(
             p_value = _finite(result.pvalue)
         else:
             se = None  # both groups constant: no spread, no test
-    fixed_half = (ci_high - ci_low) / 2 if ci_low is not None and ci_high is not None else None
-    seq_low, seq_high = _seq_bounds(difference, se, n_c + n_v, fixed_half, alpha, planned_n)
-    return Comparison(
-        metric=metric,
-        kind="mean",
-        control=control_name,
-        variant=variant_name,
-        control_value=c_mean,
-        variant_value=v_mean,
-        difference=difference,
-        lift=_lift(difference, c_mean),
-        ci_low=ci_low,
-        ci_high=ci_high,
-        p_value=p_value,
-        n_control=n_c,
-        n_variant=n_v,
-        seq_ci_low=seq_low,
-        seq_ci_high=seq_high,
+    return _comparison(
+        metric,
+        "mean",
+        (control_name, variant_name),
+        (c_mean, v_mean),
+        (n_c, n_v),
+        difference,
+        (ci_low, ci_high),
+        p_value,
+        se,
+        alpha,
+        planned_n,
     )
 
 
@@ -285,24 +315,18 @@ def delta_ratio(
         z = stats.norm.ppf(1 - alpha / 2)
         ci_low, ci_high = difference - z * se, difference + z * se
         p_value = float(2 * stats.norm.sf(abs(difference) / se))
-    fixed_half = (ci_high - ci_low) / 2 if ci_low is not None and ci_high is not None else None
-    seq_low, seq_high = _seq_bounds(difference, se, n_c + n_v, fixed_half, alpha, planned_n)
-    return Comparison(
-        metric=metric,
-        kind="ratio",
-        control=control_name,
-        variant=variant_name,
-        control_value=c_ratio,
-        variant_value=v_ratio,
-        difference=difference,
-        lift=_lift(difference, c_ratio),
-        ci_low=ci_low,
-        ci_high=ci_high,
-        p_value=p_value,
-        n_control=n_c,
-        n_variant=n_v,
-        seq_ci_low=seq_low,
-        seq_ci_high=seq_high,
+    return _comparison(
+        metric,
+        "ratio",
+        (control_name, variant_name),
+        (c_ratio, v_ratio),
+        (n_c, n_v),
+        difference,
+        (ci_low, ci_high),
+        p_value,
+        se,
+        alpha,
+        planned_n,
     )
 
 
