@@ -54,6 +54,7 @@ log = logging.getLogger("expo_platform.stream")
 
 T = TypeVar("T")
 RETENTION_HOURS = 26  # visitors_24h looks back 23 hours; the rolling window 24
+PROGRESS_KEPT = 20
 MINUTE_MS = 60_000
 ROLLING = (("visitors_rolling_1h", 1), ("visitors_rolling_24h", 24))
 STREAM_QUALITY = (
@@ -261,8 +262,8 @@ class MicroBatch:
             self._recompute(spark, min(hours), key)
         if progress.max_ts is not None:
             self._rolling(spark, progress.max_ts, key)
-        self.files.write_progress(progress)
         self._expire(progress)
+        self.files.write_progress(progress)
         return {
             "messages": sum(c["beacons_total"] for c in batch_counts.values()),
             "no_event_time": progress.no_event_time - previous.no_event_time,
@@ -450,6 +451,9 @@ class MicroBatch:
             if folder.name.split("=", 1)[1] < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
         progress.quality = {h: c for h, c in progress.quality.items() if h >= cutoff}
+        # A replay needs only the progress before its own batch: keep the last few.
+        for old in sorted(self.files.progress_dir.glob("*.json"))[:-PROGRESS_KEPT]:
+            old.unlink(missing_ok=True)
 
 
 def stream_spark_config(settings: Settings) -> dict[str, str]:
