@@ -68,6 +68,8 @@ ROWS_PER_ARROW_BATCH = 10_000
 DEFAULT_RECORDS_PER_TASK = 1_000_000
 DEFAULT_POLL_TIMEOUT = 60.0
 METADATA_TIMEOUT = 15.0
+PROBE_QUIET_POLLS = 3  # empty polls of 0.5 s in a row that end an end-offset probe
+PROBE_DEADLINE_S = 15.0
 
 Offsets = dict[int, int]
 
@@ -397,11 +399,13 @@ class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow)
             [TopicPartition(self.options.topic, p, hw) for p, hw in watermarks.items() if hw > 0]
         )
         ends = dict(watermarks)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            messages = consumer.consume(10_000, timeout=0.2)
-            if not messages:
-                break
+        deadline = time.monotonic() + PROBE_DEADLINE_S
+        quiet = 0
+        while time.monotonic() < deadline and quiet < PROBE_QUIET_POLLS:
+            messages = consumer.consume(10_000, timeout=0.5)
+            # A fetch in flight can leave one poll empty under load: only several in a row
+            # say the partition has nothing more.
+            quiet = 0 if messages else quiet + 1
             for m in messages:
                 if m.error() is None:
                     ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)

@@ -55,6 +55,7 @@ log = logging.getLogger("expo_platform.stream")
 T = TypeVar("T")
 RETENTION_HOURS = 26  # visitors_24h looks back 23 hours; the rolling window 24
 PROGRESS_KEPT = 20
+WATERMARK_QUANTILE = 0.99
 MINUTE_MS = 60_000
 ROLLING = (("visitors_rolling_1h", 1), ("visitors_rolling_24h", 24))
 STREAM_QUALITY = (
@@ -87,7 +88,7 @@ class Progress:
     """What the stream knows after a batch: newest event time and quality counts per hour."""
 
     key: str = ""  # "<epoch>-<batch>" of the batch that wrote it
-    max_ts: int | None = None
+    max_ts: int | None = None  # newest event time: the highest batch 99th percentile so far
     quality: dict[str, dict[str, int]] = field(default_factory=dict)  # hour key -> counts
     no_event_time: int = 0  # messages quarantined without an hour
 
@@ -248,12 +249,13 @@ class MicroBatch:
         ).partitionBy("hourly_partitioner").parquet(str(self.files.beacons_dir / f"batch={key}"))
 
         batch_counts = self._quality(classified, checked)
-        max_ts = on_time.agg(F.max("ts")).first()[0]
+        # The watermark follows each batch's 99th percentile of event time, not its maximum:
+        # one beacon from a clock hours ahead must not make a batch of on-time ones late.
+        newest = on_time.agg(F.percentile("ts", WATERMARK_QUANTILE).cast("long")).first()[0]
+        known = [v for v in (previous.max_ts, newest) if v is not None]
         progress = Progress(
             key=key,
-            max_ts=max(v for v in (previous.max_ts, max_ts) if v is not None)
-            if (previous.max_ts is not None or max_ts is not None)
-            else None,
+            max_ts=max(known) if known else None,
             quality=self._add_quality(previous.quality, batch_counts),
             no_event_time=previous.no_event_time + batch_counts.pop("", Counter())["beacons_total"],
         )
@@ -505,7 +507,12 @@ def run_stream(
     stop: threading.Event | None = None,
     progress: Callable[[str], None] = print,
 ) -> StreamReport:
-    """Run the speed layer until idle, until `stop` is set, or until SIGTERM/SIGINT."""
+    """Run the speed layer until idle, until `stop` is set, or until SIGTERM/SIGINT.
+
+    A stop lets the micro-batch in flight finish its writes. A query that fails with one of
+    the platform's own errors (Kafka or ZooKeeper unreachable) starts again from its
+    checkpoint, backing off like `retry`, until RETRY_LIMIT_S pass without a finished batch.
+    """
     from expo_platform.offsets import ZkOffsets
 
     spark = spark or start_spark(settings)
@@ -520,53 +527,149 @@ def run_stream(
         options["maxOffsetsPerTrigger"] = settings.stream_max_offsets
     source = read_stream(spark, settings, settings.stream_source, **options)
     report = StreamReport()
-    with (
-        MetricStore(settings.metric_store) as store,
-        ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk,
-    ):
+    handlers = _install_signal_handlers(stop)
+    try:
+        with MetricStore(settings.metric_store) as store:
+            zk: ZkOffsets | None = ZkOffsets(settings.zookeeper, settings.stream_consumer)
 
-        def commit(offsets: dict[int, int]) -> None:
-            zk.commit(settings.kafka_topic, offsets)
+            def commit(offsets: dict[int, int]) -> None:
+                nonlocal zk
+                if zk is None:
+                    zk = ZkOffsets(settings.zookeeper, settings.stream_consumer)
+                try:
+                    zk.commit(settings.kafka_topic, offsets)
+                except ExpoError:
+                    # Once its bounded connection retries run out (a ZooKeeper outage of 15 s
+                    # does it), kazoo never reconnects: the next attempt starts a new client.
+                    zk.close()
+                    zk = None
+                    raise
 
-        sink = MicroBatch(settings, store, commit)
+            sink = MicroBatch(settings, store, commit)
+            writing = threading.Lock()  # held while a micro-batch writes
+            finished: list[int] = []  # ids of the micro-batches the current query finished
 
-        def on_batch(df: DataFrame, batch_id: int) -> None:
-            sink(df, batch_id)
-            report.batches += 1
+            def on_batch(df: DataFrame, batch_id: int) -> None:
+                with writing:
+                    if stop.is_set():
+                        # Nothing written yet; Spark logged the batch's offsets, so the next
+                        # run replays it whole.
+                        raise _StopRequested(STOP_REQUESTED)
+                    sink(df, batch_id)
+                    report.batches += 1
+                    finished.append(batch_id)
 
-        writer = (
-            source.writeStream.queryName("expo_speed")
-            .foreachBatch(on_batch)
-            .option("checkpointLocation", str(files.checkpoint))
-        )
-        writer = (
-            writer.trigger(availableNow=True)
-            if until_idle
-            else writer.trigger(processingTime=f"{settings.stream_trigger_seconds} seconds")
-        )
-        query = writer.start()
-        progress(
-            f"stream {settings.kafka_topic}@{settings.kafka_bootstrap} -> {settings.metric_store} "
-            f"(epoch {sink.epoch}, Spark UI {spark.sparkContext.uiWebUrl})"
-        )
-        handlers = _install_signal_handlers(stop)
-        try:
-            while query.isActive:
-                if stop.is_set():
-                    # Let the running micro-batch finish: stopping cancels its jobs.
-                    while query.status["isTriggerActive"]:
-                        time.sleep(0.2)
+            writer = (
+                source.writeStream.queryName("expo_speed")
+                .foreachBatch(on_batch)
+                .option("checkpointLocation", str(files.checkpoint))
+            )
+            writer = (
+                writer.trigger(availableNow=True)
+                if until_idle
+                else writer.trigger(processingTime=f"{settings.stream_trigger_seconds} seconds")
+            )
+            failing_since: float | None = None
+            delay = 1.0
+            query = None
+            try:
+                while True:
+                    done_before = report.batches
+                    finished.clear()
+                    query = writer.start()
+                    if failing_since is None and not done_before:
+                        progress(
+                            f"stream {settings.kafka_topic}@{settings.kafka_bootstrap} -> "
+                            f"{settings.metric_store} (epoch {sink.epoch}, "
+                            f"Spark UI {spark.sparkContext.uiWebUrl})"
+                        )
+                    error = _await_query(query, stop, writing, finished)
+                    if stop.is_set():
+                        if error is not None and STOP_REQUESTED not in error:
+                            log.warning("the query failed while stopping: %s", _gist(error))
+                        report.stopped_by = "signal"
+                        break
+                    if error is None:
+                        break
+                    if report.batches > done_before:
+                        failing_since, delay = None, 1.0
+                    now = time.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    if not _restartable(error) or now - failing_since > RETRY_LIMIT_S:
+                        raise ExpoError(f"the streaming query failed: {_gist(error)}")
+                    log.warning(
+                        "the query failed, restarting it from its checkpoint in %.0fs: %s",
+                        delay,
+                        _gist(error),
+                    )
+                    if stop.wait(delay):
+                        report.stopped_by = "signal"
+                        break
+                    delay = min(delay * 2, 30.0)
+            finally:
+                if query is not None and query.isActive:
                     query.stop()
-                    report.stopped_by = "signal"
-                    break
-                query.awaitTermination(0.5)
-            if query.exception() is not None:
-                raise ExpoError(f"the streaming query failed: {query.exception()}")
-        finally:
-            _restore_signal_handlers(handlers)
+                if zk is not None:
+                    zk.close()
+    finally:
+        _restore_signal_handlers(handlers)
     report.stopped_by = report.stopped_by or ("idle" if until_idle else "stopped")
     progress(f"stream stopped ({report.stopped_by}) after {report.batches} micro-batches")
     return report
+
+
+STOP_REQUESTED = "stop requested before the micro-batch started"
+
+
+class _StopRequested(Exception):
+    """A micro-batch that began after a stop was requested refuses to run."""
+
+
+def _await_query(
+    query: Any, stop: threading.Event, writing: threading.Lock, finished: list[int]
+) -> str | None:
+    """Wait until the query ends or a stop is requested; return the query's error, if any."""
+    from pyspark.errors import StreamingQueryException
+
+    while query.isActive:
+        if stop.is_set():
+            _stop_between_batches(query, writing, finished)
+            break
+        try:
+            query.awaitTermination(0.5)
+        except StreamingQueryException:
+            break
+    error = query.exception()
+    return None if error is None else str(error)
+
+
+def _stop_between_batches(
+    query: Any, writing: threading.Lock, finished: list[int], timeout: float = 30.0
+) -> None:
+    """Stop the query when no micro-batch is writing: stopping cancels a batch's jobs."""
+    with writing:  # the micro-batch in flight finishes its writes
+        pass
+    # Let Spark log the finished batch as committed too, or the next run would replay it.
+    deadline = time.monotonic() + timeout
+    while finished and query.isActive and time.monotonic() < deadline:
+        last = query.lastProgress
+        if last is not None and last.batchId >= finished[-1]:
+            break
+        time.sleep(0.05)
+    query.stop()
+
+
+def _restartable(error: str) -> bool:
+    """A failure a restart may cure: the platform's own error (an unreachable broker,
+    ZooKeeper or store), except data lost from Kafka, which must not be skipped silently."""
+    return "expo_platform.errors." in error and "failOnDataLoss" not in error
+
+
+def _gist(error: str) -> str:
+    """One line of a query failure: the platform's own error message when there is one."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("expo_platform.errors.")]
+    return (ours or lines or ["(no message)"])[-1 if ours else 0]
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict:

@@ -134,11 +134,14 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     topic = unique_topic("late")
     ensure_topic(kafka.address, topic, 2)
     first = traffic[:1500]  # about the first hour and a half
+    newest = max(json.loads(line)["ts"] for line in first)
+    # A beacon from a clock three hours ahead must not push the watermark.
+    ahead = json.loads(first[5]) | {"event_id": "ahead-1", "ts": newest + 3 * 3_600_000}
+    first = [*first, json.dumps(ahead)]
     produce_lines(kafka.address, topic, first)
     conf = stream_settings(settings, kafka, zookeeper, topic, stream_max_offsets=0)
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     before = points(conf, "speed")
-    newest = max(json.loads(line)["ts"] for line in first)
 
     late = json.loads(first[0]) | {"event_id": "late-1", "ts": newest - 45 * 60_000}
     wrong_type = json.loads(first[1]) | {"event_id": "bad-1", "type": "click"}
@@ -187,7 +190,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     # The checkpoint is lost: the next start resumes from ZooKeeper's offsets (a new epoch),
     # so nothing already counted is read again.
     shutil.rmtree(StreamFiles(conf).checkpoint)
-    produce_lines(kafka.address, topic, traffic[1500:1501])
+    produce_lines(kafka.address, topic, traffic[1500:1501])  # the next line of traffic: on time
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     assert StreamFiles(conf).epoch() == 1
     resumed = points(conf, "speed")

@@ -1,0 +1,595 @@
+"""Faults of the speed layer: `expo stream` as a real process against the real broker and
+ZooKeeper is killed, stopped and cut off from its services, then catches up; its final metric
+store must equal the store of one uninterrupted `--until-idle` run over the same messages.
+
+What depends on micro-batch boundaries, and how the comparison deals with it:
+
+- Rolling unique visitors are stamped with each batch's newest event-time minute, so the
+  stamps (not the newest one) follow the boundaries. Where a case keeps the reference's
+  boundaries (asserted from the batch log lines) every rolling point is compared; after the
+  broker outage, whose second half of the traffic arrives later, only the newest stamp.
+- Late beacons: the watermark follows the event times of the batches before (their 99th
+  percentiles, so one clock far ahead cannot move it). The generated traffic is in time
+  order, but its `wrong_partition` dirty lines carry a ts an hour off: one an hour behind is
+  late, or not when it comes in the first batch, which has no watermark yet; that depends on
+  the boundaries. Those lines are left out (every other dirty kind stays in), which the
+  reference's zero late beacons confirm.
+- Landing files and quarantine folders are named by batch: they are compared as multisets of
+  lines, and the landing zone must hold every dated message exactly once.
+- Experiment metrics and quality counts are compared exactly; only revenue, a sum of doubles
+  whose order of summation Spark does not promise, to a relative 1e-12 (in the runs so far
+  it was bit-identical too, even with other boundaries).
+
+Messages are produced one record per batch so that Tansu reports true end offsets, which the
+offset assertions need (and the app's end-offset probe then has nothing to find).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from expo_platform.generator import GeneratorConfig, iter_lines
+from expo_platform.hours import parse_hour
+from expo_platform.metrics import EXPERIMENT_METRICS
+from expo_platform.offsets import ZkOffsets
+from expo_platform.producer import EXACT_END_OFFSETS, produce_lines
+from expo_platform.services import Service, ensure_topic, free_port
+from expo_platform.store import MetricStore
+from expo_platform.stream import ROLLING, _gist, _restartable
+from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+
+CONFIG = GeneratorConfig(
+    start=parse_hour("2026-03-02T10"), hours=3, visitors=700, seed=5, dirty_fraction=0.02
+)
+PARTITIONS = 4
+MAX_OFFSETS = 1500  # the same in every run: three micro-batches over the whole topic
+TRIGGER_SECONDS = 5
+OUTAGE_SECONDS = 15
+RUN_TIMEOUT = 300.0  # one app through the whole topic, on a busy 2-core machine
+FIRST_BATCH = "0000-00000000"
+SECOND_BATCH = "0000-00000001"
+DONE = re.compile(r"batch (\d{4}-\d{8}) done in [\d.]+s: .*?; offsets (\{[^}]*\})")
+ROLLING_METRICS = {name for name, _ in ROLLING}
+# Sums of doubles: Spark does not promise an order of summation, so the last bits may differ.
+FLOAT_SUMS = {"revenue"}
+GAUGES = ("inputRate-total", "processingRate-total", "latency", "eventTime-watermark")
+
+
+# -- the app as a process -------------------------------------------------------------------
+
+
+class Run:
+    """One `expo stream` process; its output goes to files, its Spark UI to its own port."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], folder: Path, name: str) -> None:
+        self.ui_port = int(env["EXPO_STREAM_UI_PORT"])
+        self.stdout_file = folder / f"{name}.out"
+        self.stderr_file = folder / f"{name}.err"
+        with self.stdout_file.open("wb") as out, self.stderr_file.open("wb") as err:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=folder,
+                start_new_session=True,  # its own process group: the JVM and Python workers
+            )
+        self.pgid = self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stdout(self) -> str:
+        return self.stdout_file.read_text(errors="replace")
+
+    def log(self) -> str:
+        return self.stderr_file.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the app's output, for assertion messages (without Java stack frames)."""
+        text = [
+            line
+            for line in (self.stdout() + self.log()).splitlines()
+            if not line.lstrip().startswith("at ")
+        ]
+        return "\n".join(text[-lines:])
+
+    def done(self) -> list[tuple[str, dict[int, int]]]:
+        """The finished micro-batches: key and the offsets committed after it."""
+        return [(m[1], ast.literal_eval(m[2])) for m in DONE.finditer(self.log())]
+
+    def wait_for_log(self, pattern: str, timeout: float = RUN_TIMEOUT) -> None:
+        """Until a line of the log matches `pattern`; fails if the app ends first."""
+        wait_until(lambda: re.search(pattern, self.log()) is not None, timeout, pattern, self)
+
+    def wait(self, timeout: float = RUN_TIMEOUT) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the app did not end in {timeout:.0f}s:\n{self.tail()}")
+
+    def terminate(self) -> None:
+        """SIGTERM to the app's Python process only, as a supervisor sends it."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def kill9(self) -> None:
+        """SIGKILL to the whole process group: driver, JVM and Python workers."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGKILL)
+        self.process.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"processes of group {self.pgid} survived SIGKILL")
+
+    def ui(self, path: str) -> object:
+        """GET a JSON document from the app's Spark UI."""
+        url = f"http://127.0.0.1:{self.ui_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+
+    def running_jobs(self) -> list[dict]:
+        """Spark jobs running now, from the UI's REST API (empty while the UI is not up)."""
+        try:
+            apps = self.ui("/api/v1/applications")
+            return list(self.ui(f"/api/v1/applications/{apps[0]['id']}/jobs?status=running"))
+        except (OSError, ValueError, IndexError, KeyError):
+            return []
+
+
+class App:
+    """The streaming app of one case: its lake, SQLite store, consumer name; runs in turn."""
+
+    def __init__(self, kafka: Service, zookeeper: Service, topic: str, folder: Path) -> None:  # noqa: F811
+        self.kafka, self.zookeeper, self.topic, self.folder = kafka, zookeeper, topic, folder
+        self.lake = folder / "lake"
+        self.store_dir = folder / "store"
+        self.store = self.store_dir / "metrics.sqlite"
+        self.consumer = f"{folder.name}-{topic}"
+        self.runs: list[Run] = []
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for run in self.runs:
+            if run.alive():
+                run.kill9()
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")}
+        env.update(
+            {
+                "EXPO_LAKE": str(self.lake),
+                "EXPO_METRIC_STORE": f"sqlite:///{self.store}",
+                "EXPO_KAFKA_BOOTSTRAP": self.kafka.address,
+                "EXPO_KAFKA_TOPIC": self.topic,
+                "EXPO_ZOOKEEPER": self.zookeeper.address,
+                "EXPO_STREAM_CONSUMER": self.consumer,
+                "EXPO_KAFKA_END_OFFSETS": "probe",
+                "EXPO_STREAM_MAX_OFFSETS": str(MAX_OFFSETS),
+                "EXPO_STREAM_WATERMARK_MINUTES": "30",
+                "EXPO_STREAM_TRIGGER_SECONDS": str(TRIGGER_SECONDS),
+                "EXPO_STREAM_UI_PORT": str(free_port()),
+                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_DRIVER_PYTHON": sys.executable,
+            }
+        )
+        return env
+
+    def start(self, *args: str) -> Run:
+        """Start `expo stream [args]`; without --until-idle it runs on a processing-time trigger."""
+        argv = [sys.executable, "-m", "expo_platform.cli", "stream", *args]
+        run = Run(argv, self.env(), self.folder, f"run{len(self.runs) + 1}")
+        self.runs.append(run)
+        return run
+
+    def committed(self) -> dict[int, int]:
+        """The offsets in ZooKeeper."""
+        with ZkOffsets(self.zookeeper.address, self.consumer) as zk:
+            return zk.read(self.topic)
+
+    def wait_caught_up(self, run: Run, timeout: float = RUN_TIMEOUT) -> None:
+        """Until the offsets in ZooKeeper are the end of the topic."""
+        ends = topic_ends(self.kafka, self.topic)
+        wait_until(lambda: self.committed() == ends, timeout, f"offsets {ends}", run)
+
+    def checkpointed(self, kind: str) -> set[int]:
+        """Batch ids in the checkpoint's `offsets` (planned) or `commits` (finished) log."""
+        folder = self.lake / "stream" / "checkpoint" / kind
+        return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, run: Run | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if run is not None and not run.alive():
+            pytest.fail(f"the app ended (rc {run.process.returncode}) before {what}:\n{run.tail()}")
+        if time.monotonic() > deadline:
+            tail = run.tail() if run is not None else ""
+            pytest.fail(f"no {what} after {timeout:.0f}s:\n{tail}")
+        time.sleep(0.5)
+
+
+# -- what a run leaves behind ---------------------------------------------------------------
+
+
+def produce(kafka: Service, topic: str, lines: list[str]) -> None:  # noqa: F811
+    # One record per batch: Tansu then reports true end offsets (see DESIGN.md).
+    sent = produce_lines(kafka.address, topic, lines, conf=EXACT_END_OFFSETS)
+    assert (sent.delivered, sent.failed) == (len(lines), 0), sent.summary()
+
+
+def topic_ends(kafka: Service, topic: str) -> dict[int, int]:  # noqa: F811
+    admin = AdminClient({"bootstrap.servers": kafka.address, "log_level": 0})
+    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)}
+    futures = admin.list_offsets(request, request_timeout=15)
+    return {tp.partition: f.result().offset for tp, f in sorted(futures.items())}
+
+
+def speed_points(store: Path) -> dict[tuple, float]:
+    with MetricStore(f"sqlite:///{store}") as metric_store:
+        found = metric_store.query(layer="speed") + metric_store.query(layer="speed", quality=True)
+    return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
+
+
+@dataclass
+class Views:
+    """A store's speed points, split by how they compare."""
+
+    metrics: dict[tuple, float]
+    quality: dict[tuple, float]
+    rolling: dict[tuple, float]
+
+    @classmethod
+    def of(cls, store: Path) -> Views:
+        points = speed_points(store)
+        views = cls(
+            metrics={k: v for k, v in points.items() if k[0] in EXPERIMENT_METRICS},
+            quality={k: v for k, v in points.items() if k[1] == ""},
+            rolling={k: v for k, v in points.items() if k[0] in ROLLING_METRICS},
+        )
+        unknown = set(points) - set(views.metrics) - set(views.quality) - set(views.rolling)
+        assert not unknown, f"speed points this test does not compare: {sorted(unknown)[:5]}"
+        return views
+
+    def newest_rolling(self) -> dict[tuple, float]:
+        newest = max(k[4] for k in self.rolling)
+        return {k: v for k, v in self.rolling.items() if k[4] == newest}
+
+
+def landed(lake: Path) -> Counter:
+    """Every line in the landing zone, with how often it is there."""
+    return Counter(
+        line
+        for path in (lake / "landing" / "beacons").glob("hour=*/*.json")
+        for line in path.read_text().splitlines()
+    )
+
+
+def quarantined(lake: Path) -> Counter:
+    """Every raw message in the stream's quarantine (no event time), with how often."""
+    folders = sorted((lake / "stream" / "quarantine").glob("batch=*"))
+    return Counter(raw for f in folders for raw in pq.read_table(f).column("raw").to_pylist())
+
+
+@dataclass
+class Reference:
+    views: Views
+    landed: Counter
+    quarantined: Counter
+    batches: list[tuple[str, dict[int, int]]]
+    ends: dict[int, int]
+    run: Run
+    ui: dict = field(default_factory=dict)
+
+
+def assert_same_store(app: App, reference: Reference, *, same_boundaries: bool) -> None:
+    """The app's final store, landing zone and quarantine equal the reference run's."""
+    got, want = Views.of(app.store), reference.views
+    assert got.quality == want.quality
+    assert got.metrics.keys() == want.metrics.keys()
+    counts = {k: v for k, v in want.metrics.items() if k[0] not in FLOAT_SUMS}
+    assert {k: got.metrics[k] for k in counts} == counts
+    sums = {k: v for k, v in want.metrics.items() if k[0] in FLOAT_SUMS}
+    assert sums
+    for k, v in sums.items():
+        assert math.isclose(got.metrics[k], v, rel_tol=1e-12), (k, got.metrics[k], v)
+    assert got.newest_rolling() == want.newest_rolling()
+    if same_boundaries:
+        assert got.rolling == want.rolling
+    assert landed(app.lake) == reference.landed
+    assert quarantined(app.lake) == reference.quarantined
+    ends = topic_ends(app.kafka, app.topic)
+    assert app.committed() == ends
+    assert sum(ends.values()) == sum(reference.ends.values())
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def traffic() -> list[str]:
+    """Three hours of generated traffic with dirty lines, without the misfiled ones."""
+    return [line for _, line, kind in iter_lines(CONFIG) if kind != "wrong_partition"]
+
+
+@pytest.fixture(scope="module")
+def topic(kafka, traffic) -> str:  # noqa: F811
+    """The module's topic, holding all of the traffic."""
+    name = unique_topic("faults")
+    ensure_topic(kafka.address, name, PARTITIONS)
+    produce(kafka, name, traffic)
+    return name
+
+
+def watch_ui(run: Run, timeout: float = RUN_TIMEOUT) -> dict:
+    """Poll the Spark UI until the app ends: its applications, running jobs, query gauges."""
+    seen: dict = {"applications": [], "running_jobs": 0, "gauges": {}}
+    deadline = time.monotonic() + timeout
+    while run.alive() and time.monotonic() < deadline:
+        try:
+            seen["applications"] = run.ui("/api/v1/applications")
+            seen["running_jobs"] = max(seen["running_jobs"], len(run.running_jobs()))
+            gauges = run.ui("/metrics/json/")["gauges"]
+            prefix = "expo.driver.spark.streaming.expo_speed."
+            for name, gauge in gauges.items():
+                if name.startswith(prefix):
+                    key = name.removeprefix(prefix)
+                    seen["gauges"][key] = max(seen["gauges"].get(key, 0), gauge["value"])
+        except (OSError, ValueError, KeyError):
+            pass  # not up yet, or going down
+        time.sleep(0.5)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def reference(kafka, zookeeper, topic, tmp_path_factory) -> Reference:  # noqa: F811
+    """One uninterrupted `--until-idle` run over the module's topic, on a fresh lake."""
+    with App(kafka, zookeeper, topic, tmp_path_factory.mktemp("reference")) as app:
+        run = app.start("--until-idle")
+        ui = watch_ui(run)
+        assert run.wait(30) == 0, run.tail()
+        assert "stream stopped (idle) after 3 micro-batches" in run.stdout(), run.tail()
+        views = Views.of(app.store)
+        ends = topic_ends(kafka, topic)
+        assert app.committed() == ends
+        return Reference(
+            views=views,
+            landed=landed(app.lake),
+            quarantined=quarantined(app.lake),
+            batches=run.done(),
+            ends=ends,
+            run=run,
+            ui=ui,
+        )
+
+
+# -- the cases ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_reference_counts_every_message(reference, traffic):
+    """The baseline the cases compare with: everything counted once, nothing late."""
+    kinds = Counter(kind for _, _, kind in iter_lines(CONFIG) if kind != "wrong_partition")
+    quality = Counter()
+    for (metric, *_), value in reference.views.quality.items():
+        quality[metric] += value
+    assert quality["beacons_late"] == 0
+    assert quality["beacons_valid"] == kinds["clean"]
+    assert quality["beacons_duplicate"] == kinds["duplicate"]
+    # Undatable messages (bad JSON, no usable ts) are only in the quarantine.
+    assert quality["beacons_total"] + sum(reference.quarantined.values()) == len(traffic)
+    assert sum(reference.landed.values()) == quality["beacons_total"]
+    assert [key for key, _ in reference.batches] == [f"0000-0000000{i}" for i in range(3)]
+    assert reference.batches[-1][1] == reference.ends
+    assert len(reference.views.metrics) > 200
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_micro_batch_then_catch_up(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    topic,
+    reference,
+    tmp_path,
+):
+    with App(kafka, zookeeper, topic, tmp_path) as app:
+        first = app.start("--until-idle")
+        first.wait_for_log(f"batch {FIRST_BATCH} done")
+        wait_until(lambda: first.running_jobs(), 60, "running job of the second batch", first)
+        first.kill9()
+        assert [key for key, _ in first.done()] == [FIRST_BATCH], first.tail()
+        # Spark had planned the second batch but not finished it; ZooKeeper has the first.
+        assert app.checkpointed("offsets") == {0, 1}
+        assert app.checkpointed("commits") == {0}
+        assert app.committed() == first.done()[0][1]
+
+        second = app.start("--until-idle")
+        assert second.wait() == 0, second.tail()
+        assert "stream stopped (idle) after 2 micro-batches" in second.stdout(), second.tail()
+        # The second batch is replayed with the same offsets: the boundaries stay the same.
+        assert first.done() + second.done() == reference.batches
+        assert_same_store(app, reference, same_boundaries=True)
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_batch_in_flight_finish_and_a_restart_resumes(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    topic,
+    reference,
+    tmp_path,
+):
+    with App(kafka, zookeeper, topic, tmp_path) as app:
+        first = app.start()  # processing-time trigger
+        first.wait_for_log(f"batch {FIRST_BATCH} done")
+        wait_until(lambda: first.running_jobs(), 60, "running job of the second batch", first)
+        first.terminate()
+        assert first.wait(120) == 0, first.tail()
+        assert "stream stopped (signal) after 2 micro-batches" in first.stdout(), first.tail()
+        assert [key for key, _ in first.done()] == [FIRST_BATCH, SECOND_BATCH]
+        assert app.committed() == first.done()[-1][1]
+        # Spark recorded the second batch as finished: the restart does not replay it.
+        assert app.checkpointed("commits") == {0, 1}
+        assert "failed while stopping" not in first.log()
+
+        second = app.start("--until-idle")
+        assert second.wait() == 0, second.tail()
+        assert "stream stopped (idle) after 1 micro-batches" in second.stdout(), second.tail()
+        assert first.done() + second.done() == reference.batches
+        assert_same_store(app, reference, same_boundaries=True)
+
+
+@pytest.mark.slow
+def test_a_broker_outage_is_ridden_out_and_later_messages_are_read(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    traffic,
+    reference,
+    tmp_path,
+):
+    # The reference's messages in a topic of their own: half now, half after the outage.
+    topic = unique_topic("broker-outage")
+    ensure_topic(kafka.address, topic, PARTITIONS)
+    half = len(traffic) // 2
+    produce(kafka, topic, traffic[:half])
+    with App(kafka, zookeeper, topic, tmp_path) as app:
+        run = app.start()
+        app.wait_caught_up(run)
+        kafka.pause()
+        try:
+            paused = time.monotonic()
+            # Planning the next batch cannot reach the broker: the query fails and restarts.
+            run.wait_for_log("the query failed, restarting it", timeout=90)
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - paused)))
+        finally:
+            kafka.resume()
+        produce(kafka, topic, traffic[half:])
+        app.wait_caught_up(run)
+        assert run.alive()
+        run.terminate()
+        assert run.wait(120) == 0, run.tail()
+        assert "stream stopped (signal)" in run.stdout()
+        assert "Kafka at" in run.log() and "is unreachable" in run.log()
+        assert_same_store(app, reference, same_boundaries=False)
+
+
+@pytest.mark.slow
+def test_a_zookeeper_outage_delays_the_offset_commit_and_nothing_else(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    topic,
+    reference,
+    tmp_path,
+):
+    with App(kafka, zookeeper, topic, tmp_path) as app:
+        run = app.start()
+        # The first batch is running: ZooKeeper was read and the first commit is ahead.
+        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
+        zookeeper.pause()
+        try:
+            paused = time.monotonic()
+            # The batch's writes succeed; its offset commit fails and is retried.
+            run.wait_for_log("committing offsets to ZooKeeper failed, retrying", timeout=120)
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - paused)))
+        finally:
+            zookeeper.resume()
+        app.wait_caught_up(run)
+        assert run.alive()
+        run.terminate()
+        assert run.wait(120) == 0, run.tail()
+        assert run.done() == reference.batches
+        assert_same_store(app, reference, same_boundaries=True)
+
+
+@pytest.mark.slow
+def test_a_metric_store_outage_is_retried(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    topic,
+    reference,
+    tmp_path,
+):
+    # As root, chmod 000 does not keep SQLite out, and an exclusive lock only makes writers
+    # wait (SQLite's busy timeout is 30 s): moving the store's folder away makes every
+    # connection fail, as with a database server that is down.
+    with App(kafka, zookeeper, topic, tmp_path) as app:
+        run = app.start()
+        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
+        away = app.store_dir.with_name("store-away")
+        app.store_dir.rename(away)
+        try:
+            moved = time.monotonic()
+            run.wait_for_log(r"writing [^\n]* failed, retrying", timeout=90)
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - moved)))
+        finally:
+            away.rename(app.store_dir)
+        app.wait_caught_up(run)
+        assert run.alive()
+        run.terminate()
+        assert run.wait(120) == 0, run.tail()
+        assert "is unreachable: unable to open database file" in run.log()
+        assert run.done() == reference.batches
+        assert_same_store(app, reference, same_boundaries=True)
+
+
+@pytest.mark.slow
+def test_the_spark_ui_serves_the_app_and_the_query_gauges_while_it_runs(reference):
+    ui, run = reference.ui, reference.run
+    # The UI listened on the configured port (the banner names it too).
+    assert f":{run.ui_port})" in run.stdout()
+    assert [a["name"] for a in ui["applications"]] == ["expo-stream"]
+    assert ui["running_jobs"] > 0
+    assert set(GAUGES) <= set(ui["gauges"]), ui["gauges"]
+    assert ui["gauges"]["processingRate-total"] > 0
+    assert ui["gauges"]["inputRate-total"] > 0
+
+
+def test_which_query_failures_a_restart_may_cure():
+    """The platform's own errors are restarted, lost Kafka data and Spark's errors are not."""
+    unreachable = (
+        "[PYTHON_STREAMING_DATA_SOURCE_RUNTIME_ERROR] Failed when Python streaming data source "
+        "perform latestOffset: Traceback (most recent call last):\n  File ...\n"
+        "expo_platform.errors.ExpoError: Kafka at 127.0.0.1:9 is unreachable: timed out\n"
+        " SQLSTATE: 38000\n=== Streaming Query ==="
+    )
+    assert _restartable(unreachable)
+    assert _gist(unreachable) == (
+        "expo_platform.errors.ExpoError: Kafka at 127.0.0.1:9 is unreachable: timed out"
+    )
+    lost = unreachable.replace(
+        "Kafka at 127.0.0.1:9 is unreachable: timed out",
+        "topic t partition 0: the broker ends at offset 1, before the query's position 774; "
+        "set failOnDataLoss=false to read it from its start",
+    )
+    assert not _restartable(lost)
+    spark_error = "[UNRESOLVED_COLUMN] A column `x` cannot be resolved.\n=== Streaming Query ==="
+    assert not _restartable(spark_error)
+    assert _gist(spark_error) == "[UNRESOLVED_COLUMN] A column `x` cannot be resolved."
