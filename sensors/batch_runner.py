@@ -53,7 +53,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed"
 
 
-def _execute(job: dg.JobDefinition, key: str, instance: dg.DagsterInstance) -> float:
+def _execute(job: dg.JobDefinition, key: str, label: str, instance: dg.DagsterInstance) -> float:
     started = time.monotonic()
     result = job.execute_in_process(
         partition_key=key,
@@ -63,7 +63,7 @@ def _execute(job: dg.JobDefinition, key: str, instance: dg.DagsterInstance) -> f
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     if not result.success:
-        raise ExpoError(f"{job.name} of {key} failed (run {result.run_id}): {_failure(result)}")
+        raise ExpoError(f"{job.name} of {label} failed (run {result.run_id}): {_failure(result)}")
     return time.monotonic() - started
 
 
@@ -80,25 +80,36 @@ def run_batch(
     Every day whose last hour's metrics are done in the range is then analysed.
     """
     newest = _check_range(first, last)
-    instance = dg.DagsterInstance.get()
+    # Entering the instance makes its storage the current one for loading definitions too.
+    with dg.DagsterInstance.get() as instance:
+        return _run_hours(defs, instance, first, last, min(last + ONE_HOUR, newest), progress)
+
+
+def _run_hours(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    first: datetime,
+    last: datetime,
+    ingest_last: datetime,
+    progress: Callable[[str], None],
+) -> dict[str, int]:
     ingest = defs.resolve_job_def("hourly_ingest")
     metrics = defs.resolve_job_def("hourly_metrics")
     analysis = defs.resolve_job_def("daily_analysis")
-    ingest_last = min(last + ONE_HOUR, newest)
     hours = list(hour_range(first, ingest_last))
     done = {"ingested": 0, "metrics": 0, "days": 0}
     for step, hour in enumerate(hours, start=1):
-        seconds = _execute(ingest, hour_key(hour), instance)
+        seconds = _execute(ingest, hour_key(hour), hour_label(hour), instance)
         done["ingested"] += 1
         line = f"[{step}/{len(hours)}] {hour_label(hour)} ingested in {seconds:.1f}s"
         previous = hour - ONE_HOUR
         if first <= previous <= last:
-            seconds = _execute(metrics, hour_key(previous), instance)
+            seconds = _execute(metrics, hour_key(previous), hour_label(previous), instance)
             done["metrics"] += 1
             line += f"; metrics of {hour_label(previous)} in {seconds:.1f}s"
             day = day_completed_by(previous)
             if day is not None:
-                seconds = _execute(analysis, day.isoformat(), instance)
+                seconds = _execute(analysis, day.isoformat(), str(day), instance)
                 done["days"] += 1
                 line += f"; day {day} analysed in {seconds:.1f}s"
         progress(line)

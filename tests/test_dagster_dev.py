@@ -21,6 +21,7 @@ from expo_platform.store import MetricStore
 
 PROJECT = Path(__file__).resolve().parent.parent
 ASSETS = ["beacons", "beacon_rejects", "data_quality", "sessions", "experiment_metrics"]
+DAILY_ASSETS = ["visitor_daily", "experiment_scorecards", "trend_reports"]
 LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
 STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
@@ -90,7 +91,7 @@ def dagster_dev(tmp_path):
 def test_asset_graph_and_a_two_hour_backfill(dagster_dev):
     port, lake = dagster_dev
     nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
-    assert sorted(n["assetKey"]["path"][0] for n in nodes) == sorted(ASSETS)
+    assert sorted(n["assetKey"]["path"][0] for n in nodes) == sorted(ASSETS + DAILY_ASSETS)
 
     launched = graphql(
         port,
