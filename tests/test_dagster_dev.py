@@ -121,4 +121,5 @@ def test_asset_graph_and_a_two_hour_backfill(dagster_dev):
         hours = {p.hour for p in store.query(layer="batch")}
         quality = {p.hour for p in store.query(layer="batch", quality=True)}
     assert hours == {"2026-03-02T00:00:00Z", "2026-03-02T01:00:00Z"}
-    assert quality == hours
+    # The daemon's hourly schedule may also ingest today's (empty) hours meanwhile.
+    assert {h for h in quality if h.startswith("2026-03-02")} == hours
