@@ -18,7 +18,7 @@ from expo_platform import beacons as bc
 from expo_platform import lake
 from expo_platform.errors import ExpoError
 from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
-from expo_platform.metrics import EXPERIMENT_METRICS, KEY, hourly_metrics, wide_points
+from expo_platform.metrics import EXPERIMENT_METRICS, KEY, metrics_of_hour, wide_points
 from expo_platform.scorecards import VISITOR_DAILY_SCHEMA, visitor_daily
 from expo_platform.settings import Settings
 from expo_platform.store import MetricStore, Point
@@ -166,11 +166,8 @@ def process_metrics(
     """Compute the hour's experiment metrics and write them to the store as layer batch."""
     following = hour + ONE_HOUR
     _require_final(settings, f"experiment_metrics of {hour_label(hour)}", [hour, following])
-    window = [hour - ONE_HOUR * back for back in range(23, -1, -1)]
-    wide = hourly_metrics(
-        lake.read_partitions(spark, settings, "sessions", [hour]),
-        lake.read_partitions(spark, settings, "sessions", [following]),
-        lake.read_partitions(spark, settings, "sessions", window),
+    wide = metrics_of_hour(
+        lambda hours: lake.read_partitions(spark, settings, "sessions", hours), hour
     ).collect()
     points = wide_points(wide, hour_iso(hour), "batch")
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)

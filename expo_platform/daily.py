@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import warnings
 from datetime import UTC, date, datetime, time, timedelta
@@ -43,14 +42,6 @@ POPULATIONS = ("assigned", "qualified")
 def slug(name: str) -> str:
     """A file-name-safe form of an experiment or population name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers never see half a file: write beside it, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def scorecard_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
@@ -144,7 +135,7 @@ def process_scorecards(spark: SparkSession, settings: Settings, day: date) -> St
             rows = per_visitor(daily, experiment, population).toPandas()
             card = build_scorecard(rows, settings, experiment, population, days)
             path = scorecard_path(settings, day, experiment, population)
-            _write_atomically(path, json.dumps(card, indent=2, sort_keys=True))
+            lake.write_atomically(path, json.dumps(card, indent=2, sort_keys=True))
             files[f"{experiment}.{population}"] = str(path)
             counts["scorecards"] += 1
             counts["significant"] += sum(
@@ -223,7 +214,7 @@ def process_trend_reports(
                 experiment, population, points, paths, LIFT_METRIC, card, datetime.now(UTC)
             )
             path = trend_report_path(settings, day, experiment, population)
-            _write_atomically(path, page)
+            lake.write_atomically(path, page)
             files[f"{experiment}.{population}"] = path
     finally:
         hourly.unpersist()

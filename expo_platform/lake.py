@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import date, datetime
 from pathlib import Path
@@ -77,16 +78,31 @@ def write_partition(df: DataFrame, settings: Settings, table: str, hour: datetim
     df.write.mode("overwrite").parquet(str(path))
 
 
+def read_folders(
+    spark: SparkSession, paths: list[Path] | list[str], schema: str, fmt: str = "parquet"
+) -> DataFrame:
+    """The rows of the given folders, or an empty frame of `schema` when there are none."""
+    if not paths:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).format(fmt).load([str(p) for p in paths])
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers never see half a file: write beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def read_partitions(
     spark: SparkSession, settings: Settings, table: str, hours: list[datetime]
 ) -> DataFrame:
     """The rows of the hourly partitions that exist; missing hours contribute nothing."""
     schema = TABLE_SCHEMAS.get(table) or SESSIONS_SCHEMA
     fmt = "orc" if table == "sessions" else "parquet"
-    paths = [str(p) for h in hours if (p := partition_path(settings, table, h)).is_dir()]
-    if not paths:
-        return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).format(fmt).load(paths)
+    paths = [p for h in hours if (p := partition_path(settings, table, h)).is_dir()]
+    return read_folders(spark, paths, schema, fmt)
 
 
 def day_path(settings: Settings, table: str, day: date) -> Path:
@@ -104,10 +120,7 @@ def read_days(
 ) -> DataFrame:
     """The rows of the daily partitions that exist; missing days contribute nothing."""
     folders = [day_path(settings, table, d) for d in days]
-    paths = [str(p) for p in folders if (p / "_SUCCESS").exists()]
-    if not paths:
-        return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).parquet(*paths)
+    return read_folders(spark, [p for p in folders if (p / "_SUCCESS").exists()], schema)
 
 
 def days_present(settings: Settings, table: str) -> list[date]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from expo_platform.hours import ONE_HOUR
 from expo_platform.store import Point
 from expo_platform.visits import FACT_FIELDS
 
@@ -64,6 +68,18 @@ def hourly_metrics(
     return hourly.join(rolling, list(KEY), "left").select(
         *KEY, *[F.col(m).cast("double").alias(m) for m in EXPERIMENT_METRICS]
     )
+
+
+def metrics_of_hour(
+    sessions_of: Callable[[list[datetime]], DataFrame], hour: datetime
+) -> DataFrame:
+    """`hourly_metrics` of an hour, each layer reading its own sessions rows by hours.
+
+    The hour needs its own rows, the next hour's (bounces) and the 24 hours up to it
+    (visitors_24h).
+    """
+    window = [hour - ONE_HOUR * back for back in range(23, -1, -1)]
+    return hourly_metrics(sessions_of([hour]), sessions_of([hour + ONE_HOUR]), sessions_of(window))
 
 
 def wide_points(rows: list, hour: str, layer: str) -> list[Point]:

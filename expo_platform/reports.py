@@ -13,14 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from expo_platform.stats import RATIO_METRICS
 from expo_platform.store import Point
 
-# Ratios are derived at read time (METRICS.md section 4), never stored.
+# Ratios are derived at read time (METRICS.md section 4), never stored: the scorecard's
+# ratio metrics, and two more that the charts show.
 RATIOS = {
-    "bounce_rate": ("bounces", "visits"),
-    "error_rate": ("errors", "page_views"),
+    **RATIO_METRICS,
     "orders_per_visit": ("orders", "visits"),
-    "revenue_per_visit": ("revenue", "visits"),
     "mean_page_load_ms": ("page_load_ms_sum", "page_load_ms_count"),
 }
 CHARTED = ("visitors", "visits", "orders", "revenue", *RATIOS)

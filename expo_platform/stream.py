@@ -42,10 +42,20 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from expo_platform import beacons as bc
+from expo_platform import lake
 from expo_platform.errors import ExpoError
-from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_key, parse_hour
+from expo_platform.hours import (
+    HOUR_MS,
+    ONE_HOUR,
+    hour_iso,
+    hour_key,
+    hour_of_ms,
+    hour_range,
+    hour_start_ms,
+    parse_hour,
+)
 from expo_platform.kafka_source import end_offsets_of_batch, read_stream
-from expo_platform.metrics import EXPERIMENT_METRICS, hourly_metrics, wide_points
+from expo_platform.metrics import EXPERIMENT_METRICS, metrics_of_hour, wide_points
 from expo_platform.settings import Settings
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
@@ -65,7 +75,6 @@ STREAM_QUALITY = (
     "beacons_late",
     *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
 )
-QUARANTINE_SCHEMA = "raw string, reason string, detail string, partition int, offset bigint"
 RETRY_LIMIT_S = 900.0  # give up on the store or ZooKeeper after 15 minutes of failures
 
 
@@ -130,37 +139,34 @@ class StreamFiles:
         return Progress(**data)
 
     def write_progress(self, progress: Progress) -> None:
-        write_atomically(self.progress_dir / f"{progress.key}.json", json.dumps(asdict(progress)))
+        lake.write_atomically(
+            self.progress_dir / f"{progress.key}.json", json.dumps(asdict(progress))
+        )
 
-    def beacon_paths(self, hour: datetime, upto: str) -> list[str]:
+    def batch_folders(self, upto: str) -> list[Path]:
+        """Counted-beacon folders of the finished batches up to `upto` (inclusive)."""
+        return [
+            d
+            for d in sorted(self.beacons_dir.glob("batch=*"))
+            if d.name.removeprefix("batch=") <= upto and (d / "_SUCCESS").exists()
+        ]
+
+    def beacon_paths(self, hour: datetime, upto: str) -> list[Path]:
         """Counted-beacon folders of an hour written by batches up to `upto` (inclusive)."""
         part = f"hourly_partitioner={hour_key(hour)}"
-        return [
-            str(d / part)
-            for d in sorted(self.beacons_dir.glob("batch=*"))
-            if d.name.removeprefix("batch=") <= upto
-            and (d / "_SUCCESS").exists()
-            and (d / part).is_dir()
-        ]
+        return [d / part for d in self.batch_folders(upto) if (d / part).is_dir()]
 
     def session_path(self, hour: datetime) -> Path:
         return self.sessions_dir / f"hourly_partitioner={hour_key(hour)}"
 
     def hours_with_beacons(self, upto: str) -> list[datetime]:
         """Hours that counted beacons of batches up to `upto` fall in."""
-        hours = set()
-        for d in self.beacons_dir.glob("batch=*"):
-            if d.name.removeprefix("batch=") <= upto and (d / "_SUCCESS").exists():
-                hours |= {p.name.split("=", 1)[1] for p in d.glob("hourly_partitioner=*")}
+        hours = {
+            p.name.split("=", 1)[1]
+            for d in self.batch_folders(upto)
+            for p in d.glob("hourly_partitioner=*")
+        }
         return sorted(parse_hour(h) for h in hours)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers never see half a file: write beside it, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _hour_of(ts: str) -> F.Column:
@@ -301,12 +307,10 @@ class MicroBatch:
 
     def _counted_event_ids(self, spark: SparkSession, hours: list[datetime], key: str):
         """event_ids already counted in these hours by earlier batches."""
-        paths = [
-            p for h in hours for p in self.files.beacon_paths(h, key) if f"batch={key}" not in p
-        ]
-        if not paths:
-            return spark.createDataFrame([], "event_id string")
-        return spark.read.schema(bc.BEACON_SCHEMA).parquet(*paths).select("event_id").distinct()
+        own = self.files.beacons_dir / f"batch={key}"
+        paths = [p for h in hours for p in self.files.beacon_paths(h, key) if p.parent != own]
+        beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
+        return beacons.select("event_id").distinct()
 
     @staticmethod
     def _quality(classified: DataFrame, checked: DataFrame) -> dict[str, Counter]:
@@ -362,22 +366,19 @@ class MicroBatch:
             )
 
     def _sessions(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
-        paths = [str(p) for h in hours if (p := self.files.session_path(h)).is_dir()]
-        if not paths:
-            return spark.createDataFrame([], SESSIONS_SCHEMA)
-        return spark.read.schema(SESSIONS_SCHEMA).parquet(*paths)
+        paths = [p for h in hours if (p := self.files.session_path(h)).is_dir()]
+        return lake.read_folders(spark, paths, SESSIONS_SCHEMA)
 
     def _recompute(self, spark: SparkSession, first: datetime, key: str) -> None:
         """Sessionize from `first` to the newest hour again, then rewrite their metrics."""
         newest = self.files.hours_with_beacons(key)[-1]
-        hour = first
-        while hour <= newest:
+        for hour in hour_range(first, newest):
             paths = self.files.beacon_paths(hour, key)
             target = self.files.session_path(hour)
             if paths:
-                beacons = spark.read.schema(bc.BEACON_SCHEMA).parquet(*paths)
+                beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
                 rows = build_sessions(
-                    beacons, self._sessions(spark, [hour - ONE_HOUR]), int(hour.timestamp() * 1000)
+                    beacons, self._sessions(spark, [hour - ONE_HOUR]), hour_start_ms(hour)
                 )
                 tmp = self.files.tmp_dir / f"sessions-{key}"
                 rows.write.mode("overwrite").parquet(str(tmp))
@@ -386,17 +387,10 @@ class MicroBatch:
                 os.replace(tmp, target)
             else:
                 shutil.rmtree(target, ignore_errors=True)
-            hour += ONE_HOUR
         # An hour's bounces depend on the next hour: the hour before `first` changes too.
-        hour = first - ONE_HOUR
-        while hour <= newest:
+        for hour in hour_range(first - ONE_HOUR, newest):
             if self.files.session_path(hour).is_dir():
-                window = [hour - ONE_HOUR * back for back in range(23, -1, -1)]
-                wide = hourly_metrics(
-                    self._sessions(spark, [hour]),
-                    self._sessions(spark, [hour + ONE_HOUR]),
-                    self._sessions(spark, window),
-                ).collect()
+                wide = metrics_of_hour(lambda hours: self._sessions(spark, hours), hour).collect()
                 points = wide_points(wide, hour_iso(hour), "speed")
                 retry(
                     f"writing speed metrics of {hour_iso(hour)}",
@@ -404,21 +398,15 @@ class MicroBatch:
                         points, layer="speed", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS
                     ),
                 )
-            hour += ONE_HOUR
 
     def _rolling(self, spark: SparkSession, max_ts: int, key: str) -> None:
         """Unique visitors of the last hour and day, stamped with the event-time minute."""
         end = (max_ts // MINUTE_MS + 1) * MINUTE_MS
-        first = datetime.fromtimestamp((end - 24 * HOUR_MS) // HOUR_MS * HOUR_MS / 1000, UTC)
-        last = datetime.fromtimestamp(max_ts // HOUR_MS * HOUR_MS / 1000, UTC)
-        paths = []
-        hour = first
-        while hour <= last:
-            paths += self.files.beacon_paths(hour, key)
-            hour += ONE_HOUR
+        hours = hour_range(hour_of_ms(end - 24 * HOUR_MS), hour_of_ms(max_ts))
+        paths = [p for hour in hours for p in self.files.beacon_paths(hour, key)]
         if not paths:
             return
-        beacons = spark.read.schema(bc.BEACON_SCHEMA).parquet(*paths)
+        beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
         keyed = beacons.where((F.col("ts") >= end - 24 * HOUR_MS) & (F.col("ts") < end)).select(
             "visitor_id", "ts", F.inline(populations(F.col("experiments")))
         )
