@@ -8,8 +8,11 @@ after a crash rewrites the same files and points:
    a message without an event time goes to the stream quarantine with its reason;
 2. the batch layer's validation (`beacons.parse_beacons`) decides what counts; a valid
    beacon more than the watermark behind the newest event time seen before the batch is
-   late (counted as `beacons_late`, not in the metrics); an `event_id` already counted in
-   its hour is a duplicate;
+   late (counted as `beacons_late`, not in the metrics); an `event_id` that an earlier
+   batch saw is a duplicate: the query keeps the `event_id`s of the last 12 hours of
+   arrivals in its RocksDB state store (`dropDuplicatesWithinWatermark`, see
+   `with_first_sightings`), and within a batch the first by (ts, raw) counts, as in the batch
+   layer;
 3. the counted beacons are kept by hour; the touched hours are sessionized again with
    `visits.build_sessions` (open visits carried from the hour before) and their metrics
    recomputed with `metrics.hourly_metrics`, the same functions as the batch layer;
@@ -75,6 +78,8 @@ STREAM_QUALITY = (
     "beacons_late",
     *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
 )
+DEDUP_STATE_HOURS = 12  # how long the query's state remembers an event_id after it arrived
+FIRST_SIGHTING = "first_sighting"  # the column that tells the state's rows from messages
 RETRY_LIMIT_S = 900.0  # give up on the store or ZooKeeper after 15 minutes of failures
 
 
@@ -169,6 +174,11 @@ class StreamFiles:
         return sorted(parse_hour(h) for h in hours)
 
 
+def _one_line(value: str) -> F.Column:
+    """A message as one landing-zone line: line breaks become spaces."""
+    return F.regexp_replace(value, "[\\r\\n]+", " ").alias(value)
+
+
 def _hour_of(ts: str) -> F.Column:
     return F.date_format(F.timestamp_millis(F.col(ts)), "yyyy-MM-dd-HH")
 
@@ -187,12 +197,19 @@ class MicroBatch:
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         key = f"{self.epoch:04d}-{batch_id:08d}"
-        messages = df.persist(StorageLevel.MEMORY_AND_DISK)
+        batch = df.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            counts = self.run(messages.sparkSession, messages, key)
+            # Run the stateful part exactly once per batch, even for a batch without data:
+            # the state store's version for this batch id is written by this action.
+            batch.count()
+            messages = batch.where(F.col(FIRST_SIGHTING).isNull()).drop(FIRST_SIGHTING)
+            firsts = batch.where(F.col(FIRST_SIGHTING).isNotNull()).select(
+                F.col(FIRST_SIGHTING).alias("event_id")
+            )
+            counts = self.run(messages.sparkSession, messages, key, firsts)
             offsets = end_offsets_of_batch(messages)
         finally:
-            messages.unpersist()
+            batch.unpersist()
         if offsets:
             retry("committing offsets to ZooKeeper", lambda: self.commit_offsets(offsets))
         log.info(
@@ -203,13 +220,16 @@ class MicroBatch:
             offsets,
         )
 
-    def run(self, spark: SparkSession, messages: DataFrame, key: str) -> dict[str, int]:
-        """All writes of the batch; returns its counts."""
+    def run(
+        self, spark: SparkSession, messages: DataFrame, key: str, firsts: DataFrame
+    ) -> dict[str, int]:
+        """All writes of the batch; returns its counts.
+
+        `firsts` holds the `event_id`s this batch saw first (none earlier within 12 hours).
+        """
         previous = self.files.progress_before(key)
         parsed = (
-            messages.select(
-                F.regexp_replace("value", "[\\r\\n]+", " ").alias("value"), "partition", "offset"
-            )
+            messages.select(_one_line("value"), "partition", "offset")
             .transform(bc.drop_blank_lines)
             .transform(bc.parse_beacons)
             .withColumn(
@@ -219,12 +239,17 @@ class MicroBatch:
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         try:
-            return self._run(spark, parsed, key, previous)
+            return self._run(spark, parsed, key, previous, firsts)
         finally:
             parsed.unpersist()
 
     def _run(
-        self, spark: SparkSession, parsed: DataFrame, key: str, previous: Progress
+        self,
+        spark: SparkSession,
+        parsed: DataFrame,
+        key: str,
+        previous: Progress,
+        firsts: DataFrame,
     ) -> dict[str, int]:
         self._land(parsed, key)
         watermark = previous.watermark(self.watermark_ms)
@@ -238,16 +263,19 @@ class MicroBatch:
         hours = [
             parse_hour(r[0]) for r in on_time.select("hourly_partitioner").distinct().collect()
         ]
-        seen = self._counted_event_ids(spark, hours, key)
-        checked = bc.mark_duplicates(on_time).join(
-            seen.withColumn("_seen", F.lit(True)), "event_id", "left"
+        earlier = self._earlier_epochs_event_ids(spark, hours)
+        checked = (
+            bc.mark_duplicates(on_time)
+            .join(firsts.withColumn("_first", F.lit(True)), "event_id", "left")
+            .join(earlier.withColumn("_earlier", F.lit(True)), "event_id", "left")
         )
+        seen_before = F.col("_first").isNull() | F.col("_earlier").isNotNull()
         checked = checked.withColumn(
             "reason",
-            F.when(F.col("_seen") & F.col("reason").isNull(), F.lit(bc.DUPLICATE)).otherwise(
+            F.when(seen_before & F.col("reason").isNull(), F.lit(bc.DUPLICATE)).otherwise(
                 F.col("reason")
             ),
-        ).drop("_seen")
+        ).drop("_first", "_earlier")
         counted = checked.where(F.col("reason").isNull())
         # The batch's folder is replaced as a whole (static overwrite writes its _SUCCESS).
         counted.select(*bc.BEACON_COLUMNS, "hourly_partitioner").write.mode("overwrite").option(
@@ -305,10 +333,14 @@ class MicroBatch:
             "offset",
         ).write.mode("overwrite").parquet(str(self.files.quarantine_dir / f"batch={key}"))
 
-    def _counted_event_ids(self, spark: SparkSession, hours: list[datetime], key: str):
-        """event_ids already counted in these hours by earlier batches."""
-        own = self.files.beacons_dir / f"batch={key}"
-        paths = [p for h in hours for p in self.files.beacon_paths(h, key) if p.parent != own]
+    def _earlier_epochs_event_ids(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
+        """event_ids counted in these hours under an earlier checkpoint (epoch).
+
+        A new checkpoint starts with an empty state store; the counted beacons that earlier
+        epochs kept (26 hours) stand in for the state it lost. Normally there are none.
+        """
+        before = f"{self.epoch:04d}-"
+        paths = [p for h in hours for p in self.files.beacon_paths(h, before)]
         beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
         return beacons.select("event_id").distinct()
 
@@ -446,6 +478,41 @@ class MicroBatch:
             old.unlink(missing_ok=True)
 
 
+def with_first_sightings(messages: DataFrame) -> DataFrame:
+    """The messages, plus a row (`first_sighting` = event_id) per valid beacon's event_id
+    not seen in the 12 hours of arrivals before: de-duplication in the RocksDB state store.
+
+    Both branches read the same source, so they see the same offsets in every micro-batch.
+    The watermark is on arrival time (the Kafka timestamp), so no beacon is ever dropped for
+    being late here: event-time lateness is decided, counted and landed by `MicroBatch`.
+    """
+    arrived = F.coalesce(F.col("timestamp"), F.current_timestamp()).alias("arrived")
+    firsts = (
+        messages.select(_one_line("value"), arrived)
+        .transform(bc.drop_blank_lines)
+        .transform(bc.parse_beacons)
+        .where(F.col("reason").isNull())
+        .select("event_id", "arrived")
+        .withWatermark("arrived", f"{DEDUP_STATE_HOURS} hours")
+        .dropDuplicatesWithinWatermark(["event_id"])
+        .select(F.col("event_id").alias(FIRST_SIGHTING))
+    )
+    return messages.withColumn(FIRST_SIGHTING, F.lit(None).cast("string")).unionByName(
+        firsts, allowMissingColumns=True
+    )
+
+
+STREAM_SQL_CONF = {
+    "spark.sql.streaming.metricsEnabled": "true",
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    # The dedup state drops what the watermark passed during the next batch with data; a
+    # batch without data would only cost a pass over every step.
+    "spark.sql.streaming.noDataMicroBatches.enabled": "false",
+}
+
+
 def stream_spark_config(settings: Settings) -> dict[str, str]:
     """The Spark settings of the streaming app: no Hive (its Derby metastore is the batch
     layer's, and admits one process), RocksDB state, metrics for the supervisor."""
@@ -456,11 +523,8 @@ def stream_spark_config(settings: Settings) -> dict[str, str]:
             "spark.sql.catalogImplementation": "in-memory",
             "spark.ui.enabled": "true",
             "spark.ui.port": str(settings.stream_ui_port),
-            "spark.sql.streaming.metricsEnabled": "true",
             "spark.metrics.namespace": "expo",
-            "spark.sql.streaming.stateStore.providerClass": (
-                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
-            ),
+            **STREAM_SQL_CONF,
         }
     )
     conf.pop("spark.driver.extraJavaOptions", None)
@@ -504,6 +568,8 @@ def run_stream(
     from expo_platform.offsets import ZkOffsets
 
     spark = spark or start_spark(settings)
+    for name, value in STREAM_SQL_CONF.items():  # also on a session the caller made
+        spark.conf.set(name, value)
     stop = stop or threading.Event()
     files = StreamFiles(settings)
     options: dict[str, Any] = {
@@ -513,7 +579,7 @@ def run_stream(
         options["endOffsets"] = settings.kafka_end_offsets
     if settings.stream_max_offsets:
         options["maxOffsetsPerTrigger"] = settings.stream_max_offsets
-    source = read_stream(spark, settings, settings.stream_source, **options)
+    source = with_first_sightings(read_stream(spark, settings, settings.stream_source, **options))
     report = StreamReport()
     handlers = _install_signal_handlers(stop)
     try:

@@ -1,7 +1,9 @@
 """Visits (METRICS.md sections 2 and 3): sessionize an hour's beacons, carrying open visits.
 
 A visit is a maximal run of a session's beacons, ordered by (ts, event_id), whose consecutive
-beacons are at most 35 minutes apart. The output of `build_sessions` has one row per visit
+beacons are at most 35 minutes apart, and which lasts less than 12 hours: the first beacon at
+12 hours or more after a visit's first beacon starts a new visit. So no visit state is kept
+for longer than 12 hours, in either layer. The output of `build_sessions` has one row per visit
 with beacons in the hour: the visit's state (what the next hour needs to continue it) and
 the hour's facts per population, from which the hourly metrics are sums.
 """
@@ -12,6 +14,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 VISIT_GAP_MS = 2_100_000
+VISIT_MAX_MS = 12 * 3_600_000  # a visit lasts less than 12 hours
 POPULATIONS = ("assigned", "qualified")
 
 POPULATION_TYPE = "struct<experiment:string,variant:string,population:string>"
@@ -87,6 +90,12 @@ def assign_visits(beacons: DataFrame, carried: DataFrame) -> DataFrame:
     gap = F.col("ts") - F.lag("ts").over(in_session)
     starts = F.when(gap.isNull() | (gap > VISIT_GAP_MS), 1).otherwise(0)
     rows = rows.withColumn("visit_seq", F.sum(starts).over(in_session))
+    # A run of this hour spans under an hour, so only a carried visit can reach 12 hours,
+    # and at most once per hour: its beacons from first_ts + 12 h on are a new visit.
+    in_run = Window.partitionBy("session_id", "visit_seq")
+    run_first_ts = F.first("carry_first_ts", ignorenulls=True).over(in_run)
+    too_long = F.coalesce(F.col("ts") >= run_first_ts + VISIT_MAX_MS, F.lit(False))
+    rows = rows.withColumn("visit_seq", F.col("visit_seq") * 2 + too_long.cast("int"))
 
     in_visit = Window.partitionBy("session_id", "visit_seq")
     carried_state = {

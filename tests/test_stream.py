@@ -154,6 +154,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         json.dumps(huge).replace(f'"ts": {huge["ts"]}', '"ts": 1' + "0" * 30),
         "not json at all",
         "{" * 5000,
+        first[-10],  # a re-sent beacon of the first run: the query's state knows its event_id
     ]
     produce_lines(kafka.address, topic, bad)
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
@@ -167,6 +168,11 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     assert sum(v for k, v in after.items() if k[0] == "beacons_late") == 1
     bad_hour = hour_iso(parse_hour(_hour_key(wrong_type["ts"])))
     assert after[("beacons_rejected_bad_field", "", "", "", bad_hour)] == 1
+    duplicates = lambda pts: sum(v for k, v in pts.items() if k[0] == "beacons_duplicate")  # noqa: E731
+    assert (duplicates(before), duplicates(after)) == (0, 1)
+    # The event_ids live in the RocksDB state store of the checkpoint.
+    state = StreamFiles(conf).checkpoint / "state"
+    assert list(state.rglob("*.zip")) and list(state.rglob("*.sst"))
 
     # The late and the invalid-but-dated beacons reach the landing zone: the batch layer
     # decides about them. The undatable ones are in the quarantine with their reason.
@@ -175,7 +181,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         for path in conf.landing_dir.glob("hour=*/stream-0000-00000001-*.json")
         for line in path.read_text().splitlines()
     }
-    assert landed == {bad[0], bad[1]}
+    assert landed == {bad[0], bad[1], bad[-1]}
     quarantine = spark.read.parquet(str(StreamFiles(conf).quarantine_dir / "batch=0000-00000001"))
     reasons = sorted((r["reason"], r["raw"][:20]) for r in quarantine.collect())
     assert reasons == [
@@ -188,14 +194,17 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         assert sum(zk.read(topic).values()) == len(first) + len(bad)
 
     # The checkpoint is lost: the next start resumes from ZooKeeper's offsets (a new epoch),
-    # so nothing already counted is read again.
+    # so nothing already counted is read again. Its state store is new and empty: the
+    # counted beacons of the earlier epoch still tell a re-sent beacon from a new one.
     shutil.rmtree(StreamFiles(conf).checkpoint)
-    produce_lines(kafka.address, topic, traffic[1500:1501])  # the next line of traffic: on time
+    nxt = traffic[1500]  # the next line of traffic: on time
+    produce_lines(kafka.address, topic, [nxt, nxt, first[-20]])
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     assert StreamFiles(conf).epoch() == 1
     resumed = points(conf, "speed")
     valid = lambda pts: sum(v for k, v in pts.items() if k[0] == "beacons_valid")  # noqa: E731
     assert valid(resumed) == valid(after) + 1
+    assert duplicates(resumed) == duplicates(after) + 2
 
 
 def _hour_key(ts: int) -> str:

@@ -88,6 +88,26 @@ def test_order_id_counted_once_per_visit_and_across_hours(spark):
     assert [metric(h, "revenue") for h in hours] == [10.0, 5.5, None, 99.0]
 
 
+def test_a_visit_lasts_less_than_12_hours(spark):
+    """A beacon every 30 minutes from 00:10 to 13:40, and 12:05: two visits, cut at 12:10."""
+    first = {"order_id": "o1", "revenue": 10.0, "units": 1}
+    beacons = [b(at(0, 10) + i * 30 * 60_000) for i in range(28)]
+    beacons[1] = b(at(0, 40), "order", order=first)
+    beacons[25] = b(at(12, 40), "order", order=first)  # the same order_id in the new visit
+    beacons.append(b(at(12, 5)))  # the old visit's last beacon, in the hour of the cut
+    hours = run_hours(spark, beacons, 14)
+    assert [metric(h, "visits") for h in hours] == [1.0] + [0.0] * 11 + [1.0, 0.0]
+    assert [metric(h, "orders") for h in hours] == [1.0] + [0.0] * 11 + [1.0, 0.0]
+    assert sum(metric(h, "page_views") for h in hours) == 27.0
+    sessions, _ = chain_sessions(spark, beacons, 14)
+    assert {r["visit_id"] for r in union(sessions).collect()} == {
+        f"s1#{at(0, 10)}",
+        f"s1#{at(12, 10)}",
+    }
+    hour12 = {r["visit_id"]: r["continued"] for r in sessions[12].collect()}
+    assert hour12 == {f"s1#{at(0, 10)}": True, f"s1#{at(12, 10)}": False}
+
+
 def test_single_page_view_continued_next_hour_is_not_a_bounce(spark):
     beacons = [
         b(at(0, 59), session="s1"),
