@@ -50,10 +50,23 @@ clean:
 
 # Local ZooKeeper and Kafka-compatible broker (Tansu) for the speed layer, on the ports of
 # EXPO_ZOOKEEPER and EXPO_KAFKA_BOOTSTRAP; data, logs and pid files in EXPO_SERVICES_DIR.
-.PHONY: services services-down
+.PHONY: services services-down up down
 
 services: deps
 	@$(PY) -m expo_platform.services up
 
 services-down:
 	@$(PY) -m expo_platform.services down
+
+# Benchmarks (bench/): batch and streaming throughput, printed as a table and written to
+# bench/results/<time>.json. Generated inputs are cached in bench/.cache.
+bench: deps
+	@$(PY) -m bench $(BENCH_ARGS)
+
+# The whole platform on one machine: services, the streaming app, live traffic, Dagster
+# (webserver and daemon, schedules and sensors on). `make down` stops it all, by pid.
+up: deps
+	@$(PY) -m expo_platform.local up
+
+down:
+	@$(PY) -m expo_platform.local down

@@ -9,11 +9,13 @@ from assets.scorecards import experiment_scorecards, trend_reports, visitor_dail
 from expo_platform.settings import Settings, load_settings
 from resources import build_resources
 from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
+from sensors.late_data import late_data_sensor
 from sensors.schedules import (
     analysis_after_last_hour,
     hourly_ingest_schedule,
     metrics_after_ingest,
 )
+from sensors.supervisor import alert_on_run_failure, restart_streaming_job, streaming_supervisor
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -28,9 +30,15 @@ def build_defs(settings: Settings) -> dg.Definitions:
             experiment_scorecards,
             trend_reports,
         ],
-        jobs=[hourly_ingest_job, hourly_metrics_job, daily_analysis_job],
+        jobs=[hourly_ingest_job, hourly_metrics_job, daily_analysis_job, restart_streaming_job],
         schedules=[hourly_ingest_schedule],
-        sensors=[metrics_after_ingest, analysis_after_last_hour],
+        sensors=[
+            metrics_after_ingest,
+            analysis_after_last_hour,
+            late_data_sensor,
+            streaming_supervisor,
+            alert_on_run_failure,
+        ],
         resources=build_resources(settings),
     )
 

@@ -8,7 +8,7 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
 from assets.partitions import HOURLY, SPARK_POOL, partition_hour
-from expo_platform import batch
+from expo_platform import batch, lake
 from expo_platform.beacons import REJECT_REASONS
 from expo_platform.hours import hour_iso
 from expo_platform.reconcile import Reconciliation, reconcile_hour
@@ -72,7 +72,10 @@ def beacons(
 ) -> Iterator:
     """Parse, validate and de-duplicate the hour's landing files."""
     settings = expo.settings()
-    result = batch.process_beacons(spark(pyspark), settings, partition_hour(context))
+    hour = partition_hour(context)
+    # Taken before reading: a file that lands meanwhile makes the late-data sensor redo it.
+    signature = lake.landing_signature(settings, hour)
+    result = batch.process_beacons(spark(pyspark), settings, hour)
     counts = result.counts
     rejected = {r: counts[f"beacons_rejected_{r}"] for r in REJECT_REASONS}
     total = counts["beacons_total"]
@@ -80,6 +83,7 @@ def beacons(
         asset_key="beacons",
         metadata={
             "landing_files": counts["files"],
+            "landing_signature": signature,
             "beacons_total": total,
             "rows": counts["beacons_valid"],
             "duplicates": counts["beacons_duplicate"],

@@ -40,6 +40,40 @@ def _kind(v: Column, path: str) -> Column:
     return F.schema_of_variant(F.variant_get(v, path, "variant"))
 
 
+# Top-level leaves whose JSON type the rules test, each computed once per line into a column
+# (CASE WHEN branches after the first would otherwise compute it again).
+_LEAF_PATHS = (
+    "$.event_id",
+    "$.visitor_id",
+    "$.session_id",
+    "$.ts",
+    "$.type",
+    "$.order.order_id",
+    "$.order.revenue",
+    "$.order.units",
+    "$.perf.page_load_ms",
+)
+
+
+def _kind_column(path: str) -> str:
+    return "_k" + path.removeprefix("$").replace(".", "_")
+
+
+def _leaf_kind(path: str) -> Column:
+    """The precomputed JSON type of a top-level leaf (see `_LEAF_PATHS`)."""
+    return F.col(_kind_column(path))
+
+
+def _node_absent(v: Column, path: str) -> Column:
+    """True when `path` is absent or JSON null; no schema is built (cheap for containers)."""
+    node = F.variant_get(v, path, "variant")
+    return node.isNull() | F.is_variant_null(node)
+
+
+def _is_object(v: Column, path: str) -> Column:
+    return F.try_variant_get(v, path, "map<string,variant>").isNotNull()
+
+
 def _absent(kind: Column) -> Column:
     return kind.isNull() | (kind == "VOID")
 
@@ -54,7 +88,7 @@ def _is_number(kind: Column) -> Column:
 
 def _string_status(v: Column, path: str) -> Column:
     """Status of a required non-empty string field."""
-    kind = _kind(v, path)
+    kind = _leaf_kind(path)
     text = F.try_variant_get(v, path, "string")
     return (
         F.when(_absent(kind) | ((kind == "STRING") & (text == "")), _MISSING)
@@ -65,7 +99,7 @@ def _string_status(v: Column, path: str) -> Column:
 
 def _ts_status(v: Column) -> Column:
     """Status of `ts`: a JSON integer > 0."""
-    kind = _kind(v, "$.ts")
+    kind = _leaf_kind("$.ts")
     return (
         F.when(
             _absent(kind) | ((kind == "STRING") & (F.try_variant_get(v, "$.ts", "string") == "")),
@@ -99,11 +133,10 @@ def _experiment_ok(x: Column) -> Column:
 
 def _experiments_status(v: Column) -> Column:
     """Status of `experiments`: absent, null or an array of well-formed entries."""
-    kind = _kind(v, "$.experiments")
     entries = F.try_variant_get(v, "$.experiments", "array<variant>")
     return (
-        F.when(_absent(kind), _OK)
-        .when(~kind.startswith("ARRAY"), _BAD)
+        F.when(_node_absent(v, "$.experiments"), _OK)
+        .when(entries.isNull(), _BAD)
         .when(F.forall(entries, _experiment_ok), _OK)
         .otherwise(_BAD)
     )
@@ -112,9 +145,8 @@ def _experiments_status(v: Column) -> Column:
 def _order_status(v: Column) -> Column:
     """Status of `order`, required for order beacons: order_id, revenue >= 0, units >= 0."""
     is_order = F.try_variant_get(v, "$.type", "string") == "order"
-    kind = _kind(v, "$.order")
-    order_id_kind = _kind(v, "$.order.order_id")
-    revenue_kind, units_kind = _kind(v, "$.order.revenue"), _kind(v, "$.order.units")
+    order_id_kind = _leaf_kind("$.order.order_id")
+    revenue_kind, units_kind = _leaf_kind("$.order.revenue"), _leaf_kind("$.order.units")
     well_formed = (
         (order_id_kind == "STRING")
         & (F.try_variant_get(v, "$.order.order_id", "string") != "")
@@ -125,8 +157,8 @@ def _order_status(v: Column) -> Column:
     )
     return (
         F.when(~F.coalesce(is_order, F.lit(False)), _OK)
-        .when(_absent(kind), _MISSING)
-        .when(~kind.startswith("OBJECT"), _BAD)
+        .when(_node_absent(v, "$.order"), _MISSING)
+        .when(~_is_object(v, "$.order"), _BAD)
         .when(F.coalesce(well_formed, F.lit(False)), _OK)
         .otherwise(_BAD)
     )
@@ -134,10 +166,10 @@ def _order_status(v: Column) -> Column:
 
 def _perf_status(v: Column) -> Column:
     """Status of `perf`: optional object; `page_load_ms`, when present, an integer >= 0."""
-    kind, load_kind = _kind(v, "$.perf"), _kind(v, "$.perf.page_load_ms")
+    load_kind = _leaf_kind("$.perf.page_load_ms")
     return (
-        F.when(_absent(kind), _OK)
-        .when(~kind.startswith("OBJECT"), _BAD)
+        F.when(_node_absent(v, "$.perf"), _OK)
+        .when(~_is_object(v, "$.perf"), _BAD)
         .when(_absent(load_kind), _OK)
         .when(~_is_integer(load_kind), _BAD)
         .when(F.try_variant_get(v, "$.perf.page_load_ms", "bigint") < 0, _BAD)
@@ -206,10 +238,13 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
         "_v", F.try_parse_json(F.col("raw"))
     )
     v = F.col("_v")
+    kinds = {_kind_column(path): _kind(v, path) for path in _LEAF_PATHS}
+    parsed = parsed.withColumns(kinds)
     statuses = {name: check(v) for name, check in _FIELD_CHECKS}
     parsed = parsed.withColumns({f"_s_{name}": s for name, s in statuses.items()})
     statuses = {name: F.col(f"_s_{name}") for name in statuses}
-    is_object = F.coalesce(F.schema_of_variant(v).startswith("OBJECT"), F.lit(False))
+    # A parsed line is an object when its text starts with `{`: cheaper than its schema.
+    is_object = v.isNotNull() & F.col("raw").rlike(r"^[ \t\r\n]*\{")
     status_list = F.array(*statuses.values())
     reason = (
         F.when(~is_object, F.lit("malformed_json"))
@@ -240,7 +275,7 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
         "error": _json_text(v, "$.error"),
     }
     out = parsed.withColumns({**typed, "reason": reason, "detail": detail})
-    return out.drop("_v", *[f"_s_{name}" for name in statuses])
+    return out.drop("_v", *kinds, *[f"_s_{name}" for name in statuses])
 
 
 def check_partition(beacons: DataFrame, hour_index: int) -> DataFrame:

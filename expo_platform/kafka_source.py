@@ -505,6 +505,15 @@ def register(spark: SparkSession) -> None:
     spark.dataSource.register(ExpoKafkaDataSource)
 
 
+def topic_end_offsets(settings: Settings) -> Offsets:
+    """The topic's end offsets per partition, as the stream's source sees them."""
+    reader = ExpoKafkaStreamReader(SourceOptions.parse(expo_kafka_options(settings)))
+    try:
+        return reader._end_offsets()
+    finally:
+        reader.stop()
+
+
 def end_offsets_of_batch(batch: DataFrame) -> dict[int, int]:
     """Per partition, the next offset after a micro-batch: max(offset) + 1 (what to commit)."""
     rows = batch.groupBy("partition").agg(F.max("offset").alias("last")).collect()

@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,13 @@ log = logging.getLogger("expo_platform.services")
 ZOOKEEPER = "zookeeper"
 BROKER = "broker"
 SERVICE_NAMES = (ZOOKEEPER, BROKER)
+STREAM = "stream"  # the streaming app, ready when its Spark UI answers
+GENERATOR = "generator"  # live traffic; no port
+DAGSTER = "dagster"  # dagster dev: webserver and daemon
+# Everything `make up` may start, in start order; `make down` stops it in reverse.
+PLATFORM_NAMES = (ZOOKEEPER, BROKER, STREAM, GENERATOR, DAGSTER)
+# SIGTERM lets the streaming app finish its micro-batch: give it time.
+STOP_TIMEOUTS = {STREAM: 180.0, DAGSTER: 60.0}
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 ZOOKEEPER_CLASSPATH = ("/etc/zookeeper/conf_example", "/usr/share/java/zookeeper.jar")
 # Debian ships these beside ZooKeeper; with them its log4j config writes to the log file,
@@ -70,7 +79,10 @@ class Service:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until clients can use the service; raise ExpoError with the log tail if not."""
-        probe = _zookeeper_ready if self.name == ZOOKEEPER else _broker_ready
+        probes = {ZOOKEEPER: _zookeeper_ready, BROKER: _broker_ready, STREAM: _spark_ui_ready}
+        probe = probes.get(self.name, _http_ready)
+        if not self.port:
+            probe = _runs
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -252,24 +264,47 @@ def start_broker(folder: Path, port: int, timeout: float = 30.0) -> Service:
     return _start(BROKER, Path(folder), "127.0.0.1", port, broker_argv(port), timeout)
 
 
+def start_process(
+    name: str,
+    folder: Path,
+    argv: list[str],
+    *,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    cwd: Path | None = None,
+) -> Service:
+    """Start a platform process detached, recorded by pid files in `folder`; wait until
+    it is ready (its HTTP port answers, or, without a port, it runs)."""
+    return _start(name, Path(folder), "127.0.0.1", port, argv, timeout, env, cwd)
+
+
 def _start(
-    name: str, folder: Path, host: str, port: int, argv: list[str], timeout: float
+    name: str,
+    folder: Path,
+    host: str,
+    port: int,
+    argv: list[str],
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Service:
     folder.mkdir(parents=True, exist_ok=True)
-    if port_in_use(host, port):
+    if port and port_in_use(host, port):
         raise ExpoError(f"cannot start {name}: {host}:{port} is already in use")
     log_file = folder / f"{name}.log"
     env = dict(os.environ)
     # Tansu reads its settings from these too; the command line must be the only source.
     for key in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"):
         env.pop(key, None)
+    env.update(extra_env or {})
     with log_file.open("ab") as out:
         process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=folder,
+            cwd=cwd or folder,
             env=env,
             # Own session: Ctrl-C in the starter's terminal does not reach the service.
             start_new_session=True,
@@ -330,23 +365,25 @@ def recorded_service(folder: Path, name: str) -> Service | None:
 
 def running_services(folder: Path) -> list[Service]:
     """The recorded services of `folder` that still run their recorded command."""
-    found = (recorded_service(folder, name) for name in SERVICE_NAMES)
+    found = (recorded_service(folder, name) for name in PLATFORM_NAMES)
     return [s for s in found if s is not None and s.alive()]
 
 
-def stop_from_pidfiles(folder: Path, timeout: float = 10.0) -> list[Service]:
+def stop_from_pidfiles(
+    folder: Path, timeout: float = 10.0, names: Sequence[str] = SERVICE_NAMES
+) -> list[Service]:
     """Stop exactly the processes recorded in `folder`; return the ones that were running.
 
     A pid whose command line is no longer the recorded one (the process ended and the pid
     was reused) is left alone and its stale pid files are removed.
     """
     stopped = []
-    # Broker first: it is the client-facing end of the pipeline.
-    for name in reversed(SERVICE_NAMES):
+    # Last started, first stopped: the broker before ZooKeeper, the app before the broker.
+    for name in reversed(names):
         service = recorded_service(folder, name)
         if service is None:
             continue
-        if service.stop(timeout):
+        if service.stop(STOP_TIMEOUTS.get(name, timeout)):
             stopped.append(service)
     return stopped
 
@@ -366,6 +403,32 @@ def _zookeeper_ready(address: str, timeout: float) -> bool:
         with contextlib.suppress(Exception):
             client.stop()
             client.close()
+
+
+def _runs(address: str, timeout: float) -> bool:
+    """A process without a port is ready once it runs."""
+    return True
+
+
+def _spark_ui_ready(address: str, timeout: float) -> bool:
+    """The Spark UI's REST API lists the application (the UI's pages answer earlier)."""
+    try:
+        with urllib.request.urlopen(
+            f"http://{address}/api/v1/applications", timeout=timeout
+        ) as response:
+            return bool(json.load(response))
+    except (OSError, ValueError):
+        return False
+
+
+def _http_ready(address: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answers
+    except OSError:
+        return False
 
 
 def _admin(bootstrap: str, **conf: object):
@@ -517,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in SERVICE_NAMES:
                 service = running.get(name)
                 print(service.describe() if service else f"{name} not running")
-            return 0 if len(running) == len(SERVICE_NAMES) else 1
+            return 0 if all(name in running for name in SERVICE_NAMES) else 1
     except ExpoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

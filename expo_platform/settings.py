@@ -185,6 +185,58 @@ class Settings:
         "largest relative speed-versus-batch drift of a finished hour that passes",
         "0.02",
     )
+    supervisor_interval_seconds: int = _setting(
+        "EXPO_SUPERVISOR_INTERVAL_SECONDS",
+        _positive_int,
+        "seconds between two ticks of the streaming supervisor sensor",
+        "60",
+    )
+    stuck_task_seconds: int = _setting(
+        "EXPO_STUCK_TASK_SECONDS",
+        _positive_int,
+        "a task of the streaming app running longer than this is stuck",
+        "900",
+    )
+    max_kafka_lag: int = _setting(
+        "EXPO_MAX_KAFKA_LAG",
+        _positive_int,
+        "Kafka messages not yet committed by the stream above which it is unhealthy",
+        "5000000",
+    )
+    slow_ticks: int = _setting(
+        "EXPO_SLOW_TICKS",
+        _positive_int,
+        "supervisor ticks in a row of processing below input rate (or latency above the "
+        "trigger) that make the stream unhealthy",
+        "3",
+    )
+    restarts_per_hour: int = _setting(
+        "EXPO_RESTARTS_PER_HOUR",
+        _positive_int,
+        "restarts of the streaming app the supervisor may request per hour; then it only alerts",
+        "3",
+    )
+    alert_smtp: str = _setting(
+        "EXPO_ALERT_SMTP", str, "host:port of the SMTP server for alert e-mail (empty: off)", ""
+    )
+    alert_email_from: str = _setting(
+        "EXPO_ALERT_EMAIL_FROM", str, "sender of alert e-mail", "expo@localhost"
+    )
+    alert_email_to: str = _setting(
+        "EXPO_ALERT_EMAIL_TO", str, "comma-separated recipients of alert e-mail", ""
+    )
+    supervise: str = _setting(
+        "EXPO_SUPERVISE",
+        _choice("on", "off"),
+        "on: the streaming supervisor sensor starts running with Dagster (`make up` sets it)",
+        "off",
+    )
+    up_rate: int = _setting(
+        "EXPO_UP_RATE",
+        _positive_int,
+        "beacons per second of the generator that `make up` runs",
+        "200",
+    )
 
     @property
     def landing_dir(self) -> Path:

@@ -79,7 +79,8 @@ STREAM_QUALITY = (
     *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
 )
 DEDUP_STATE_HOURS = 12  # how long the query's state remembers an event_id after it arrived
-FIRST_SIGHTING = "first_sighting"  # the column that tells the state's rows from messages
+FIRST_SIGHTING = "first_sighting"
+PRODUCED_QUANTILES = (0.0, 0.01, 0.5)  # the column that tells the state's rows from messages
 RETRY_LIMIT_S = 900.0  # give up on the store or ZooKeeper after 15 minutes of failures
 
 
@@ -105,6 +106,12 @@ class Progress:
     max_ts: int | None = None  # newest event time: the highest batch 99th percentile so far
     quality: dict[str, dict[str, int]] = field(default_factory=dict)  # hour key -> counts
     no_event_time: int = 0  # messages quarantined without an hour
+    messages: int = 0  # messages of this batch (blank ones aside)
+    batch_seconds: float = 0.0  # from the batch's start to its progress write
+    done_ms: int = 0  # when its metrics were in the store (epoch ms)
+    # Kafka timestamps (produce time) of its messages at quantiles 0, 0.01 and 0.5: the
+    # freshness of its metrics at percentiles 100, 99 and 50 is done_ms minus these.
+    produced_ms: list[int] = field(default_factory=list)
 
     def watermark(self, delay_ms: int) -> int | None:
         """Valid beacons with ts below this are late."""
@@ -227,6 +234,7 @@ class MicroBatch:
 
         `firsts` holds the `event_id`s this batch saw first (none earlier within 12 hours).
         """
+        started = time.monotonic()
         previous = self.files.progress_before(key)
         parsed = (
             messages.select(_one_line("value"), "partition", "offset")
@@ -239,9 +247,17 @@ class MicroBatch:
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         try:
-            return self._run(spark, parsed, key, previous, firsts)
+            progress, counts = self._run(spark, parsed, key, previous, firsts)
         finally:
             parsed.unpersist()
+        produced = messages.agg(
+            F.percentile_approx(F.unix_millis(F.col("timestamp")), list(PRODUCED_QUANTILES))
+        ).first()[0]
+        progress.produced_ms = [int(v) for v in produced or []]
+        progress.batch_seconds = round(time.monotonic() - started, 3)
+        progress.done_ms = int(time.time() * 1000)
+        self.files.write_progress(progress)
+        return counts
 
     def _run(
         self,
@@ -250,7 +266,7 @@ class MicroBatch:
         key: str,
         previous: Progress,
         firsts: DataFrame,
-    ) -> dict[str, int]:
+    ) -> tuple[Progress, dict[str, int]]:
         self._land(parsed, key)
         watermark = previous.watermark(self.watermark_ms)
         valid = F.col("reason").isNull()
@@ -287,8 +303,10 @@ class MicroBatch:
         # one beacon from a clock hours ahead must not make a batch of on-time ones late.
         newest = on_time.agg(F.percentile("ts", WATERMARK_QUANTILE).cast("long")).first()[0]
         known = [v for v in (previous.max_ts, newest) if v is not None]
+        messages = sum(c["beacons_total"] for c in batch_counts.values())
         progress = Progress(
             key=key,
+            messages=messages,
             max_ts=max(known) if known else None,
             quality=self._add_quality(previous.quality, batch_counts),
             no_event_time=previous.no_event_time + batch_counts.pop("", Counter())["beacons_total"],
@@ -299,9 +317,8 @@ class MicroBatch:
         if progress.max_ts is not None:
             self._rolling(spark, progress.max_ts, key)
         self._expire(progress)
-        self.files.write_progress(progress)
-        return {
-            "messages": sum(c["beacons_total"] for c in batch_counts.values()),
+        return progress, {
+            "messages": messages,
             "no_event_time": progress.no_event_time - previous.no_event_time,
             "counted": sum(c["beacons_valid"] for c in batch_counts.values()),
             "late": sum(c["beacons_late"] for c in batch_counts.values()),

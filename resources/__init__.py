@@ -8,8 +8,10 @@ from pathlib import Path
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
+from expo_platform.alerts import Alert, Channels, send
 from expo_platform.settings import Settings, load_settings
 from expo_platform.store import MetricStore
+from expo_platform.supervision import LocalLauncher
 
 
 class ExpoResource(dg.ConfigurableResource):
@@ -38,6 +40,45 @@ class MetricStoreResource(dg.ConfigurableResource):
         return MetricStore(self.url)
 
 
+class AlertsResource(dg.ConfigurableResource):
+    """E-mail (SMTP) and a Slack-compatible webhook; the webhook URL and the SMTP password
+    come from the environment only (EXPO_ALERT_WEBHOOK_URL, EXPO_SMTP_PASSWORD)."""
+
+    smtp: str = ""  # host:port, empty for no e-mail
+    mail_from: str = "expo@localhost"
+    mail_to: str = ""  # comma-separated
+    smtp_user: str = ""
+    smtp_password: str = ""
+    webhook_url: str = ""
+
+    def send(self, alert: Alert) -> dict[str, str]:
+        """Deliver on every configured channel; {channel: "sent" or the error}."""
+        host, _, port = self.smtp.partition(":")
+        channels = Channels(
+            smtp_host=host,
+            smtp_port=int(port or 25),
+            mail_from=self.mail_from,
+            mail_to=tuple(a.strip() for a in self.mail_to.split(",") if a.strip()),
+            smtp_user=self.smtp_user,
+            smtp_password=self.smtp_password,
+            webhook_url=self.webhook_url,
+        )
+        return send(alert, channels)
+
+
+class StreamLauncherResource(dg.ConfigurableResource):
+    """Starts and stops the streaming app: a local background process, recorded by pid
+    files in EXPO_SERVICES_DIR, with this process's EXPO_* environment."""
+
+    def launcher(self, settings: Settings) -> LocalLauncher:
+        return LocalLauncher(settings)
+
+
+def _secret(name: str):
+    """An environment variable read at run time, or empty when it is not set."""
+    return dg.EnvVar(name) if os.environ.get(name) else ""
+
+
 def build_resources(settings: Settings) -> dict:
     """The resources of the code location, from the library settings."""
     return {
@@ -52,4 +93,13 @@ def build_resources(settings: Settings) -> dict:
             if os.environ.get("EXPO_METRIC_STORE")
             else settings.metric_store
         ),
+        "alerts": AlertsResource(
+            smtp=settings.alert_smtp,
+            mail_from=settings.alert_email_from,
+            mail_to=settings.alert_email_to,
+            smtp_user=os.environ.get("EXPO_SMTP_USER", ""),
+            smtp_password=_secret("EXPO_SMTP_PASSWORD"),
+            webhook_url=_secret("EXPO_ALERT_WEBHOOK_URL"),
+        ),
+        "stream_launcher": StreamLauncherResource(),
     }

@@ -1,0 +1,70 @@
+"""Where the batch layer's time goes: each step of an hour, timed on the cached bench input.
+
+.venv/bin/python -m bench.profile_batch [--beacons 2000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.batch import HOUR, cached_input
+from expo_platform import batch, lake
+from expo_platform import beacons as bc
+from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_start_ms
+from expo_platform.settings import load_settings
+from expo_platform.spark import get_spark
+from expo_platform.store import MetricStore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--beacons", type=int, default=2_000_000)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+    cache = Path(__file__).resolve().parent / ".cache"
+    data = cached_input(cache, args.beacons, args.seed, print)
+    work = Path(tempfile.mkdtemp(prefix="expo-profile-"))
+    settings = load_settings({}, lake=work / "lake")
+    settings.landing_dir.parent.mkdir(parents=True)
+    settings.landing_dir.symlink_to(data.landing, target_is_directory=True)
+    spark = get_spark(settings)
+    timings: list[tuple[str, float]] = []
+
+    def step(name, action):
+        started = time.perf_counter()
+        result = action()
+        timings.append((name, time.perf_counter() - started))
+        print(f"{name:<40} {timings[-1][1]:8.1f}s", flush=True)
+        return result
+
+    files = lake.landing_files(settings, HOUR)
+    index = int(hour_start_ms(HOUR) // HOUR_MS)
+    step("read lines (count)", lambda: lake.read_landing(spark, files).count())
+    parsed = bc.parse_beacons(bc.drop_blank_lines(lake.read_landing(spark, files)))
+    step("parse + validate (count valid)", lambda: parsed.where("reason is null").count())
+    classified = bc.classify_hour(lake.read_landing(spark, files), index)
+    step("classify incl. dedup (count)", lambda: classified.count())
+    step("process_beacons (asset)", lambda: batch.process_beacons(spark, settings, HOUR))
+    with MetricStore(settings.metric_store) as store:
+        step("write_quality", lambda: batch.write_quality(spark, settings, store, HOUR))
+    step("process_sessions", lambda: batch.process_sessions(spark, settings, HOUR))
+    step(
+        "next hour (beacons+sessions)",
+        lambda: (
+            batch.process_beacons(spark, settings, HOUR + ONE_HOUR),
+            batch.process_sessions(spark, settings, HOUR + ONE_HOUR),
+        ),
+    )
+    with MetricStore(settings.metric_store) as store:
+        step("process_metrics", lambda: batch.process_metrics(spark, settings, store, HOUR))
+    total = sum(t for name, t in timings[3:])
+    print(f"{'asset steps total':<40} {total:8.1f}s  {data.lines / total:,.0f} beacons/s")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

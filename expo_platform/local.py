@@ -1,0 +1,121 @@
+"""`make up` / `make down`: the whole platform on one machine.
+
+`up` starts what is not running yet, each process detached and recorded by pid files in
+EXPO_SERVICES_DIR: ZooKeeper and the broker (with the topic), the streaming app, the
+generator at EXPO_UP_RATE beacons per second, and `dagster dev` (webserver and daemon) with
+the schedules and sensors on, the streaming supervisor included. It prints the URLs.
+`down` stops exactly those processes, by pid, newest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from expo_platform import services
+from expo_platform.errors import ExpoError
+from expo_platform.hours import hour_key, truncate_hour
+from expo_platform.settings import Settings, load_settings
+from expo_platform.supervision import LocalLauncher
+
+GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
+
+
+def _script(name: str) -> list[str]:
+    """A console script of this environment, run by its interpreter: the command line that
+    /proc shows, so that the pid checks recognise the process."""
+    return [sys.executable, str(Path(sys.executable).parent / name)]
+
+
+def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str], None]) -> None:
+    """Start every part of the platform that is not running yet; print where to look."""
+    folder = settings.services_dir
+    _, zk_port = services.parse_address(settings.zookeeper, 2181)
+    _, kafka_port = services.parse_address(settings.kafka_bootstrap, 9092)
+    services.services_up(folder, zk_port, kafka_port, settings.kafka_topic, 4, say)
+    running = {s.name for s in services.running_services(folder)}
+    settings.lake.mkdir(parents=True, exist_ok=True)
+    if services.STREAM not in running:
+        app = LocalLauncher(settings).start()
+        say(f"{app.describe()} (started)")
+    if services.GENERATOR not in running:
+        start = hour_key(truncate_hour(datetime.now(UTC)))
+        argv = [
+            *_script("expo"),
+            "generate",
+            "--kafka",
+            settings.kafka_bootstrap,
+            "--topic",
+            settings.kafka_topic,
+            "--rate",
+            str(settings.up_rate),
+            "--duration",
+            str(GENERATOR_SECONDS),
+            "--start",
+            start,
+        ]
+        generator = services.start_process(services.GENERATOR, folder, argv)
+        say(f"{generator.describe()} (started, {settings.up_rate}/s)")
+    if services.DAGSTER not in running:
+        settings.dagster_home.mkdir(parents=True, exist_ok=True)
+        if not (settings.dagster_home / "dagster.yaml").exists():
+            (settings.dagster_home / "dagster.yaml").write_text(
+                (project / "dagster.yaml").read_text()
+            )
+        argv = [
+            *_script("dagster"),
+            "dev",
+            "-w",
+            str(project / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(dagster_port),
+        ]
+        env = {"DAGSTER_HOME": str(settings.dagster_home), "EXPO_SUPERVISE": "on"}
+        dagster = services.start_process(
+            services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
+        )
+        say(f"{dagster.describe()} (started)")
+    say(f"Dagster UI: http://127.0.0.1:{dagster_port}")
+    say(f"Spark UI of the streaming app: http://127.0.0.1:{settings.stream_ui_port}")
+    say("stop everything with: make down")
+
+
+def down(settings: Settings, say: Callable[[str], None]) -> list[services.Service]:
+    """Stop every recorded platform process, newest first."""
+    stopped = services.stop_from_pidfiles(settings.services_dir, names=services.PLATFORM_NAMES)
+    for service in stopped:
+        say(f"{service.name} pid={service.pid} stopped")
+    if not stopped:
+        say(f"nothing running from {settings.services_dir}")
+    return stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m expo_platform.local up|down`."""
+    from expo_platform.cli import project_dir
+    from expo_platform.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m expo_platform.local", description=__doc__)
+    parser.add_argument("command", choices=("up", "down"))
+    parser.add_argument("--dagster-port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        if args.command == "up":
+            up(settings, project_dir(), args.dagster_port, print)
+        else:
+            down(settings, print)
+    except ExpoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

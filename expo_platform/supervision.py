@@ -1,0 +1,287 @@
+"""Supervising the streaming app: observe it through the Spark UI REST API, decide, launch.
+
+`observe` reads what a tick needs (the application, its jobs of the last 5 minutes, the
+longest running task, the streaming gauges of `/metrics/json`) and the Kafka lag (end
+offsets minus the ZooKeeper offsets). `decide` is a pure function of that observation, the
+thresholds and the state kept between ticks (the sensor's cursor). `LocalLauncher` starts
+and stops the app as a detached local process recorded by pid files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from expo_platform import services
+from expo_platform.errors import ExpoError
+from expo_platform.settings import Settings
+
+log = logging.getLogger("expo_platform.supervision")
+
+JOB_WINDOW_S = 300  # failed against succeeded jobs over the last 5 minutes
+HTTP_TIMEOUT_S = 5.0
+GAUGE_PREFIX = "expo.driver.spark.streaming.expo_speed."  # spark.metrics.namespace=expo
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When the app counts as unhealthy, and how often it may be restarted."""
+
+    stuck_task_s: float = 900.0
+    max_lag: int = 5_000_000
+    slow_ticks: int = 3
+    trigger_s: float = 60.0
+    restarts_per_hour: int = 3
+
+
+@dataclass
+class Observation:
+    """What one tick saw."""
+
+    ui_reachable: bool = False
+    app_id: str | None = None
+    app_running: bool = False
+    failed_jobs: int = 0
+    succeeded_jobs: int = 0
+    longest_task_s: float = 0.0
+    lag: int | None = None
+    input_rate: float | None = None
+    processing_rate: float | None = None
+    latency_ms: float | None = None
+    process_alive: bool | None = None  # the launcher's view; None when it has no record
+    error: str = ""
+
+
+@dataclass
+class State:
+    """Kept between ticks in the sensor's cursor."""
+
+    slow_ticks: int = 0
+    restarts: list[float] = field(default_factory=list)  # epoch seconds, last hour
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None) -> State:
+        if not cursor:
+            return cls()
+        data = json.loads(cursor)
+        return cls(slow_ticks=data.get("slow_ticks", 0), restarts=data.get("restarts", []))
+
+
+@dataclass
+class Decision:
+    """`ok`, `restart`, or `alert` (unhealthy but out of restarts, or the UI unreachable
+    while the app's process runs), with the reasons and the state for the next tick."""
+
+    action: str
+    reasons: list[str]
+    state: State
+    observation: Observation
+
+    def cursor(self) -> str:
+        """The state, plus the decision and its figures for people reading the cursor."""
+        return json.dumps(
+            {
+                **asdict(self.state),
+                "action": self.action,
+                "reasons": self.reasons,
+                "seen": asdict(self.observation),
+            },
+            sort_keys=True,
+        )
+
+    def summary(self) -> str:
+        o = self.observation
+        figures = (
+            f"app={o.app_id} running={o.app_running} jobs failed/succeeded="
+            f"{o.failed_jobs}/{o.succeeded_jobs} longest_task={o.longest_task_s:.0f}s "
+            f"lag={o.lag} input={o.input_rate} processed={o.processing_rate} "
+            f"latency_ms={o.latency_ms} slow_ticks={self.state.slow_ticks}"
+        )
+        why = "; ".join(self.reasons) or "healthy"
+        return f"{self.action}: {why} ({figures})"
+
+
+def decide(obs: Observation, limits: Thresholds, before: State, now: float) -> Decision:
+    """The supervisor's rules; see the module docstring."""
+    restarts = [t for t in before.restarts if now - t < 3600]
+    reasons: list[str] = []
+    slow = 0
+    if not obs.ui_reachable and obs.process_alive:
+        # The process runs but cannot be seen: restarting blind could run two apps.
+        reason = f"the Spark UI is unreachable while the app's process runs: {obs.error}"
+        return Decision("alert", [reason], State(0, restarts), obs)
+    if not obs.ui_reachable or not obs.app_running:
+        reasons.append("the streaming app is absent or finished")
+    else:
+        if obs.failed_jobs > obs.succeeded_jobs:
+            reasons.append(
+                f"{obs.failed_jobs} failed against {obs.succeeded_jobs} succeeded jobs "
+                f"in the last {JOB_WINDOW_S // 60} minutes"
+            )
+        if obs.longest_task_s > limits.stuck_task_s:
+            reasons.append(f"a task has run {obs.longest_task_s:.0f}s (stuck)")
+        if obs.lag is not None and obs.lag > limits.max_lag:
+            reasons.append(f"Kafka lag {obs.lag:,} above {limits.max_lag:,}")
+        behind = (
+            obs.input_rate is not None
+            and obs.processing_rate is not None
+            and obs.processing_rate < obs.input_rate
+        )
+        late = obs.latency_ms is not None and obs.latency_ms > limits.trigger_s * 1000
+        slow = before.slow_ticks + 1 if behind or late else 0
+        if slow >= limits.slow_ticks:
+            reasons.append(f"falling behind for {slow} ticks in a row")
+    if not reasons:
+        return Decision("ok", [], State(slow, restarts), obs)
+    if len(restarts) >= limits.restarts_per_hour:
+        reasons.append(f"restart budget of {limits.restarts_per_hour} per hour exhausted")
+        return Decision("alert", reasons, State(slow, restarts), obs)
+    return Decision("restart", reasons, State(0, [*restarts, now]), obs)
+
+
+def _get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        return json.load(response)
+
+
+def _spark_time(text: str) -> float:
+    """Epoch seconds of the REST API's `2026-11-25T17:55:00.123GMT`."""
+    return datetime.strptime(text.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def observe_ui(ui: str, now: float) -> Observation:
+    """The app, its jobs, tasks and gauges from the driver's Spark UI at `ui` (host:port)."""
+    base = f"http://{ui}"
+    obs = Observation()
+    try:
+        apps = _get(f"{base}/api/v1/applications")
+    except (OSError, ValueError) as exc:
+        obs.error = f"{base}: {exc}"
+        return obs
+    obs.ui_reachable = True
+    if not apps:
+        return obs
+    app = apps[0]
+    obs.app_id = app["id"]
+    obs.app_running = not all(a.get("completed") for a in app.get("attempts", []))
+    api = f"{base}/api/v1/applications/{obs.app_id}"
+    try:
+        for status in ("failed", "succeeded"):
+            jobs = _get(f"{api}/jobs?status={status}")
+            recent = [
+                j
+                for j in jobs
+                if j.get("completionTime") and now - _spark_time(j["completionTime"]) < JOB_WINDOW_S
+            ]
+            setattr(obs, f"{status}_jobs", len(recent))
+        for stage in _get(f"{api}/stages?status=active"):
+            tasks = _get(
+                f"{api}/stages/{stage['stageId']}/{stage['attemptId']}/taskList?length=10000"
+            )
+            for task in tasks:
+                if task.get("status") == "RUNNING" and task.get("launchTime"):
+                    running = now - _spark_time(task["launchTime"])
+                    obs.longest_task_s = max(obs.longest_task_s, running)
+        gauges = _get(f"{base}/metrics/json").get("gauges", {})
+    except (OSError, ValueError, KeyError) as exc:
+        obs.error = f"{api}: {exc}"
+        return obs
+    values = {
+        k.removeprefix(GAUGE_PREFIX): v.get("value")
+        for k, v in gauges.items()
+        if k.startswith(GAUGE_PREFIX)
+    }
+    obs.input_rate = _number(values.get("inputRate-total"))
+    obs.processing_rate = _number(values.get("processingRate-total"))
+    obs.latency_ms = _number(values.get("latency"))
+    return obs
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number  # NaN: no batch yet
+
+
+def kafka_lag(settings: Settings) -> int:
+    """Messages on the topic that the stream has not committed to ZooKeeper yet."""
+    from expo_platform.kafka_source import topic_end_offsets
+    from expo_platform.offsets import ZkOffsets
+
+    ends = topic_end_offsets(settings)
+    with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
+        committed = zk.read(settings.kafka_topic)
+    return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
+
+
+def observe(settings: Settings, launcher: LocalLauncher | None, now: float) -> Observation:
+    """Everything `decide` needs: the Spark UI, the lag and the launcher's process."""
+    obs = observe_ui(f"127.0.0.1:{settings.stream_ui_port}", now)
+    if launcher is not None:
+        obs.process_alive = launcher.alive()
+    try:
+        obs.lag = kafka_lag(settings)
+    except ExpoError as exc:
+        obs.error = (obs.error + "; " if obs.error else "") + f"lag unknown: {exc}"
+    return obs
+
+
+class LocalLauncher:
+    """`expo stream` as a detached local process, recorded in the services folder."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.folder = settings.services_dir
+        self.env = env or {}
+
+    def recorded(self) -> services.Service | None:
+        return services.recorded_service(self.folder, services.STREAM)
+
+    def alive(self) -> bool:
+        app = self.recorded()
+        return app is not None and app.alive()
+
+    def stop(self, timeout: float = services.STOP_TIMEOUTS[services.STREAM]) -> bool:
+        """SIGTERM (the running micro-batch finishes), SIGKILL after `timeout`."""
+        app = self.recorded()
+        return app.stop(timeout) if app is not None else False
+
+    def start(self, timeout: float = 180.0) -> services.Service:
+        """Start the app; returns once its Spark UI answers."""
+        if self.alive():
+            raise ExpoError("the streaming app is already running; stop it first")
+        expo = Path(sys.executable).parent / "expo"
+        env = {"PYSPARK_PYTHON": sys.executable, **self.env}
+        return services.start_process(
+            services.STREAM,
+            self.folder,
+            [sys.executable, str(expo), "stream"],  # as /proc shows it: pid checks match
+            port=self.settings.stream_ui_port,
+            env=env,
+            timeout=timeout,
+        )
+
+
+def restart(launcher: LocalLauncher) -> tuple[bool, services.Service]:
+    """Stop the old app gracefully if it still runs, then start a new one."""
+    started = time.monotonic()
+    was_running = launcher.stop()
+    app = launcher.start()
+    log.info(
+        "streaming app restarted",
+        extra={
+            "pid": app.pid,
+            "was_running": was_running,
+            "seconds": round(time.monotonic() - started),
+        },
+    )
+    return was_running, app

@@ -1,0 +1,130 @@
+"""Operations: the streaming supervisor, its restart job, and alerts on failed runs.
+
+The rules live in `expo_platform.supervision`; this module only wires them into Dagster.
+"""
+
+import json
+import time
+
+import dagster as dg
+
+from expo_platform.alerts import Alert
+from expo_platform.settings import Settings, load_settings
+from expo_platform.supervision import State, Thresholds, decide, observe, restart
+from resources import AlertsResource, ExpoResource, StreamLauncherResource
+
+RESTART_JOB = "restart_streaming"
+REASONS_TAG = "expo/reasons"
+_SETTINGS = load_settings()
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    """The supervisor's thresholds from the settings."""
+    return Thresholds(
+        stuck_task_s=settings.stuck_task_seconds,
+        max_lag=settings.max_kafka_lag,
+        slow_ticks=settings.slow_ticks,
+        trigger_s=settings.stream_trigger_seconds,
+        restarts_per_hour=settings.restarts_per_hour,
+    )
+
+
+@dg.op(description="Stop the streaming app gracefully if it still runs, then launch a new one.")
+def restart_streaming_app(
+    context: dg.OpExecutionContext,
+    stream_launcher: StreamLauncherResource,
+    alerts: AlertsResource,
+    expo: ExpoResource,
+) -> dg.Output:
+    reasons = json.loads(context.run.tags.get(REASONS_TAG, "[]"))
+    was_running, app = restart(stream_launcher.launcher(expo.settings()))
+    context.log.info(f"restarted: pid {app.pid}, old app was running: {was_running}")
+    alerts.send(
+        Alert(
+            "streaming app restarted",
+            "The supervisor restarted the streaming app.",
+            "warning",
+            {"reasons": "; ".join(reasons) or "requested", "pid": str(app.pid)},
+        )
+    )
+    return dg.Output(app.pid, metadata={"pid": app.pid, "was_running": was_running})
+
+
+@dg.job(name=RESTART_JOB, description="Restart the streaming app (requested by the supervisor).")
+def restart_streaming_job():
+    restart_streaming_app()
+
+
+def _restart_in_flight(context: dg.SensorEvaluationContext) -> bool:
+    runs = context.instance.get_runs(
+        dg.RunsFilter(
+            job_name=RESTART_JOB,
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
+        ),
+        limit=1,
+    )
+    return bool(runs)
+
+
+@dg.sensor(
+    job=restart_streaming_job,
+    minimum_interval_seconds=_SETTINGS.supervisor_interval_seconds,
+    # Off unless EXPO_SUPERVISE=on (`make up`): a supervisor that finds no app starts one.
+    default_status=dg.DefaultSensorStatus.RUNNING
+    if _SETTINGS.supervise == "on"
+    else dg.DefaultSensorStatus.STOPPED,
+    description="Watches the streaming app (Spark UI REST API, Kafka lag); restarts it "
+    "when unhealthy, within a budget per hour; alerts.",
+)
+def streaming_supervisor(
+    context: dg.SensorEvaluationContext,
+    alerts: AlertsResource,
+    stream_launcher: StreamLauncherResource,
+    expo: ExpoResource,
+):
+    settings = expo.settings()
+    if _restart_in_flight(context):
+        return dg.SkipReason("a restart of the streaming app is in progress")
+    now = time.time()
+    observation = observe(settings, stream_launcher.launcher(settings), now)
+    decision = decide(observation, thresholds(settings), State.from_cursor(context.cursor), now)
+    context.log.info(decision.summary())
+    context.update_cursor(decision.cursor())
+    if decision.action == "ok":
+        return dg.SkipReason(decision.summary())
+    if decision.action == "alert":
+        alerts.send(
+            Alert(
+                "streaming app unhealthy, not restarted",
+                "; ".join(decision.reasons),
+                "critical",
+                {"figures": decision.summary()},
+            )
+        )
+        return dg.SkipReason(decision.summary())
+    return dg.RunRequest(
+        run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",
+        tags={REASONS_TAG: json.dumps(decision.reasons)},
+    )
+
+
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Alerts on every failed run, a failed blocking asset check included.",
+)
+def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsResource):
+    run = context.dagster_run
+    partition = run.tags.get("dagster/partition", "")
+    alerts.send(
+        Alert(
+            f"run of {run.job_name} failed" + (f" ({partition})" if partition else ""),
+            context.failure_event.message or "the run failed",
+            "critical",
+            {"run_id": run.run_id, "job": run.job_name, "partition": partition or "-"},
+        )
+    )
