@@ -41,7 +41,7 @@ def table(results: dict) -> str:
     rows = [("figure", "value", "target", "met")]
     flat = {k: v for part in results["parts"].values() for k, v in part.items()}
     for name, (key, op, goal) in TARGETS.items():
-        if key in flat:
+        if flat.get(key) is not None:
             value = flat[key]
             met = value >= goal if op == ">=" else value <= goal
             rows.append((name, _cell(value), f"{op} {goal:,}", "yes" if met else "NO"))

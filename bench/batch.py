@@ -83,7 +83,10 @@ def run_spark(data: BatchInput, progress) -> tuple[dict, float, int]:
 
     work = Path(tempfile.mkdtemp(prefix="expo-bench-"))
     settings = load_settings(
-        {}, lake=work / "lake", metric_store=f"sqlite:///{work / 'metrics.sqlite'}"
+        {},
+        lake=work / "lake",
+        metric_store=f"sqlite:///{work / 'metrics.sqlite'}",
+        dagster_home=work / "dagster_home",
     )
     settings.landing_dir.parent.mkdir(parents=True)
     settings.landing_dir.symlink_to(data.landing, target_is_directory=True)
