@@ -34,7 +34,7 @@ def cached_lines(cache: Path, count: int, seed: int, progress) -> list[str]:
     path = cache / f"stream-{count}-{seed}.txt"
     if not path.exists():
         progress(f"generating {count:,} lines into {path}")
-        config = GeneratorConfig(start=START, hours=12, visitors=max(1000, count // 20), seed=seed)
+        config = GeneratorConfig(start=START, hours=24, visitors=max(1000, count // 8), seed=seed)
         lines = []
         for _, line, _ in iter_lines(config):
             lines.append(line)
@@ -181,7 +181,7 @@ def run(rates: list[int], step_seconds: int, trigger: int, seed: int, progress) 
         "freshness_p50_s": best["freshness_p50_s"] if best else None,
         "freshness_p99_s": best["freshness_p99_s"] if best else None,
         "state_bytes_per_active_visit": best["state_bytes_per_active_visit"] if best else None,
-        "steps": json.dumps(
+                "highest_rate_tried": steps[-1]["rate"] if steps else 0,
             [{k: s[k] for k in ("rate", "max_batch_s", "sustained")} for s in steps]
         ),
         "step_details": steps,
