@@ -181,8 +181,6 @@ def run(rates: list[int], step_seconds: int, trigger: int, seed: int, progress) 
         "freshness_p50_s": best["freshness_p50_s"] if best else None,
         "freshness_p99_s": best["freshness_p99_s"] if best else None,
         "state_bytes_per_active_visit": best["state_bytes_per_active_visit"] if best else None,
-                "highest_rate_tried": steps[-1]["rate"] if steps else 0,
-            [{k: s[k] for k in ("rate", "max_batch_s", "sustained")} for s in steps]
-        ),
+        "highest_rate_tried": steps[-1]["rate"] if steps else 0,
         "step_details": steps,
     }
