@@ -26,6 +26,7 @@ from expo_platform.settings import Settings
 log = logging.getLogger("expo_platform.supervision")
 
 JOB_WINDOW_S = 300  # failed against succeeded jobs over the last 5 minutes
+REALERT_S = 900  # the same alert again only after 15 minutes
 HTTP_TIMEOUT_S = 5.0
 GAUGE_PREFIX = "expo.driver.spark.streaming.expo_speed."  # spark.metrics.namespace=expo
 
@@ -65,13 +66,20 @@ class State:
 
     slow_ticks: int = 0
     restarts: list[float] = field(default_factory=list)  # epoch seconds, last hour
+    alerted: str = ""  # the reasons of the last alert sent
+    alerted_at: float = 0.0
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> State:
         if not cursor:
             return cls()
         data = json.loads(cursor)
-        return cls(slow_ticks=data.get("slow_ticks", 0), restarts=data.get("restarts", []))
+        return cls(
+            slow_ticks=data.get("slow_ticks", 0),
+            restarts=data.get("restarts", []),
+            alerted=data.get("alerted", ""),
+            alerted_at=data.get("alerted_at", 0.0),
+        )
 
 
 @dataclass
@@ -83,6 +91,7 @@ class Decision:
     reasons: list[str]
     state: State
     observation: Observation
+    notify: bool = False  # an alert to send: not the same one as within the last 15 minutes
 
     def cursor(self) -> str:
         """The state, plus the decision and its figures for people reading the cursor."""
@@ -109,7 +118,20 @@ class Decision:
 
 
 def decide(obs: Observation, limits: Thresholds, before: State, now: float) -> Decision:
-    """The supervisor's rules; see the module docstring."""
+    """The supervisor's rules; see the module docstring. An alert is repeated only when its
+    reasons change or 15 minutes have passed."""
+    decision = _decide(obs, limits, before, now)
+    if decision.action != "alert":
+        return decision
+    key = " ".join(r.split(":")[0] for r in decision.reasons)  # without the varying figures
+    repeat = key == before.alerted and now - before.alerted_at < REALERT_S
+    decision.notify = not repeat
+    decision.state.alerted = key
+    decision.state.alerted_at = before.alerted_at if repeat else now
+    return decision
+
+
+def _decide(obs: Observation, limits: Thresholds, before: State, now: float) -> Decision:
     restarts = [t for t in before.restarts if now - t < 3600]
     reasons: list[str] = []
     slow = 0

@@ -97,7 +97,7 @@ def streaming_supervisor(
     context.update_cursor(decision.cursor())
     if decision.action == "ok":
         return dg.SkipReason(decision.summary())
-    if decision.action == "alert":
+    if decision.action == "alert" and decision.notify:
         alerts.send(
             Alert(
                 "streaming app unhealthy, not restarted",
@@ -106,6 +106,7 @@ def streaming_supervisor(
                 {"figures": decision.summary()},
             )
         )
+    if decision.action == "alert":
         return dg.SkipReason(decision.summary())
     return dg.RunRequest(
         run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",

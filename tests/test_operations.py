@@ -104,6 +104,17 @@ def test_an_unreachable_ui_while_the_process_runs_is_an_alert_not_a_restart():
     assert "unreachable while the app's process runs" in decision.reasons[0]
 
 
+def test_an_alert_is_not_repeated_every_tick():
+    blind = healthy(ui_reachable=False, error="connection refused")
+    first = decide(blind, LIMITS, State(), NOW)
+    again = decide(blind, LIMITS, State.from_cursor(first.cursor()), NOW + 60)
+    later = decide(blind, LIMITS, again.state, NOW + 960)
+    assert (first.notify, again.notify, later.notify) == (True, False, True)
+    spent = State(restarts=[NOW - 10, NOW - 5])  # budget of 2 spent: a different alert
+    other = decide(healthy(app_running=False), LIMITS, spent, NOW + 61)
+    assert other.action == "alert" and other.notify
+
+
 def test_the_cursor_keeps_state_and_figures():
     decision = decide(healthy(lag=5000), LIMITS, State(), NOW)
     again = State.from_cursor(decision.cursor())
