@@ -64,16 +64,6 @@ def _leaf_kind(path: str) -> Column:
     return F.col(_kind_column(path))
 
 
-def _node_absent(v: Column, path: str) -> Column:
-    """True when `path` is absent or JSON null; no schema is built (cheap for containers)."""
-    node = F.variant_get(v, path, "variant")
-    return node.isNull() | F.is_variant_null(node)
-
-
-def _is_object(v: Column, path: str) -> Column:
-    return F.try_variant_get(v, path, "map<string,variant>").isNotNull()
-
-
 def _absent(kind: Column) -> Column:
     return kind.isNull() | (kind == "VOID")
 
@@ -133,10 +123,11 @@ def _experiment_ok(x: Column) -> Column:
 
 def _experiments_status(v: Column) -> Column:
     """Status of `experiments`: absent, null or an array of well-formed entries."""
+    kind = _kind(v, "$.experiments")
     entries = F.try_variant_get(v, "$.experiments", "array<variant>")
     return (
-        F.when(_node_absent(v, "$.experiments"), _OK)
-        .when(entries.isNull(), _BAD)
+        F.when(_absent(kind), _OK)
+        .when(~kind.startswith("ARRAY"), _BAD)
         .when(F.forall(entries, _experiment_ok), _OK)
         .otherwise(_BAD)
     )
@@ -145,6 +136,7 @@ def _experiments_status(v: Column) -> Column:
 def _order_status(v: Column) -> Column:
     """Status of `order`, required for order beacons: order_id, revenue >= 0, units >= 0."""
     is_order = F.try_variant_get(v, "$.type", "string") == "order"
+    kind = _kind(v, "$.order")
     order_id_kind = _leaf_kind("$.order.order_id")
     revenue_kind, units_kind = _leaf_kind("$.order.revenue"), _leaf_kind("$.order.units")
     well_formed = (
@@ -157,8 +149,8 @@ def _order_status(v: Column) -> Column:
     )
     return (
         F.when(~F.coalesce(is_order, F.lit(False)), _OK)
-        .when(_node_absent(v, "$.order"), _MISSING)
-        .when(~_is_object(v, "$.order"), _BAD)
+        .when(_absent(kind), _MISSING)
+        .when(~kind.startswith("OBJECT"), _BAD)
         .when(F.coalesce(well_formed, F.lit(False)), _OK)
         .otherwise(_BAD)
     )
@@ -166,10 +158,10 @@ def _order_status(v: Column) -> Column:
 
 def _perf_status(v: Column) -> Column:
     """Status of `perf`: optional object; `page_load_ms`, when present, an integer >= 0."""
-    load_kind = _leaf_kind("$.perf.page_load_ms")
+    kind, load_kind = _kind(v, "$.perf"), _leaf_kind("$.perf.page_load_ms")
     return (
-        F.when(_node_absent(v, "$.perf"), _OK)
-        .when(~_is_object(v, "$.perf"), _BAD)
+        F.when(_absent(kind), _OK)
+        .when(~kind.startswith("OBJECT"), _BAD)
         .when(_absent(load_kind), _OK)
         .when(~_is_integer(load_kind), _BAD)
         .when(F.try_variant_get(v, "$.perf.page_load_ms", "bigint") < 0, _BAD)

@@ -69,13 +69,18 @@ def project_dir() -> Path:
     raise ExpoError("cannot find the project (definitions.py): run from it or set EXPO_PROJECT_DIR")
 
 
-def prepare_dagster_home(settings: Settings, project: Path) -> None:
-    """Point DAGSTER_HOME at the settings' folder, with the project's dagster.yaml in it."""
+def ensure_dagster_home(settings: Settings, project: Path) -> Path:
+    """The settings' Dagster instance folder, with the project's dagster.yaml in it."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copy(project / "dagster.yaml", home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def prepare_dagster_home(settings: Settings, project: Path) -> None:
+    """Point DAGSTER_HOME at the settings' folder, with the project's dagster.yaml in it."""
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(settings, project))
 
 
 def load_orchestration():

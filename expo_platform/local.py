@@ -35,7 +35,9 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
     folder = settings.services_dir
     _, zk_port = services.parse_address(settings.zookeeper, 2181)
     _, kafka_port = services.parse_address(settings.kafka_bootstrap, 9092)
-    services.services_up(folder, zk_port, kafka_port, settings.kafka_topic, 4, say)
+    services.services_up(
+        folder, zk_port, kafka_port, settings.kafka_topic, services.DEFAULT_PARTITIONS, say
+    )
     running = {s.name for s in services.running_services(folder)}
     settings.lake.mkdir(parents=True, exist_ok=True)
     if services.STREAM not in running:
@@ -60,11 +62,9 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
         generator = services.start_process(services.GENERATOR, folder, argv)
         say(f"{generator.describe()} (started, {settings.up_rate}/s)")
     if services.DAGSTER not in running:
-        settings.dagster_home.mkdir(parents=True, exist_ok=True)
-        if not (settings.dagster_home / "dagster.yaml").exists():
-            (settings.dagster_home / "dagster.yaml").write_text(
-                (project / "dagster.yaml").read_text()
-            )
+        from expo_platform.cli import ensure_dagster_home
+
+        home = ensure_dagster_home(settings, project)
         argv = [
             *_script("dagster"),
             "dev",
@@ -75,7 +75,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "-p",
             str(dagster_port),
         ]
-        env = {"DAGSTER_HOME": str(settings.dagster_home), "EXPO_SUPERVISE": "on"}
+        env = {"DAGSTER_HOME": str(home), "EXPO_SUPERVISE": "on"}
         dagster = services.start_process(
             services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
         )

@@ -79,8 +79,8 @@ STREAM_QUALITY = (
     *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
 )
 DEDUP_STATE_HOURS = 12  # how long the query's state remembers an event_id after it arrived
-FIRST_SIGHTING = "first_sighting"
-PRODUCED_QUANTILES = (0.0, 0.01, 0.5)  # the column that tells the state's rows from messages
+FIRST_SIGHTING = "first_sighting"  # the column that tells the state's rows from messages
+PRODUCED_QUANTILES = (0.0, 0.01, 0.5)  # of Kafka timestamps, for freshness (see Progress)
 RETRY_LIMIT_S = 900.0  # give up on the store or ZooKeeper after 15 minutes of failures
 
 
@@ -303,10 +303,10 @@ class MicroBatch:
         # one beacon from a clock hours ahead must not make a batch of on-time ones late.
         newest = on_time.agg(F.percentile("ts", WATERMARK_QUANTILE).cast("long")).first()[0]
         known = [v for v in (previous.max_ts, newest) if v is not None]
-        messages = sum(c["beacons_total"] for c in batch_counts.values())
+        message_count = sum(c["beacons_total"] for c in batch_counts.values())
         progress = Progress(
             key=key,
-            messages=messages,
+            messages=message_count,
             max_ts=max(known) if known else None,
             quality=self._add_quality(previous.quality, batch_counts),
             no_event_time=previous.no_event_time + batch_counts.pop("", Counter())["beacons_total"],
@@ -318,7 +318,7 @@ class MicroBatch:
             self._rolling(spark, progress.max_ts, key)
         self._expire(progress)
         return progress, {
-            "messages": messages,
+            "messages": message_count,
             "no_event_time": progress.no_event_time - previous.no_event_time,
             "counted": sum(c["beacons_valid"] for c in batch_counts.values()),
             "late": sum(c["beacons_late"] for c in batch_counts.values()),
