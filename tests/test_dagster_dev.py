@@ -1,9 +1,12 @@
-"""`dagster dev -w workspace.yaml` for real: the asset graph, and a backfill of two hours."""
+"""`dagster dev -w workspace.yaml` for real, driven by Chromium: the asset graph shows every
+asset, and a backfill of two hours launched from the UI completes. Screenshots are artifacts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,19 +14,29 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from expo_platform.generator import GeneratorConfig, write_landing
 from expo_platform.hours import parse_hour
 from expo_platform.store import MetricStore
+from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PROJECT
 
-PROJECT = Path(__file__).resolve().parent.parent
 ASSETS = ["beacons", "beacon_rejects", "data_quality", "sessions", "experiment_metrics"]
 DAILY_ASSETS = ["visitor_daily", "experiment_scorecards", "trend_reports"]
-LAUNCH = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+HOURS = ["2026-03-02-00", "2026-03-02-01"]
+# Wide enough that the expanded graph fits at a scale >= 0.6, where Dagster draws full asset
+# nodes with whole names (below it draws minimal nodes whose long names are cut in the middle).
+VIEWPORT = {"width": 2560, "height": 1280}
+UI_TIMEOUT_MS = 60_000  # generous: the 2 cores are shared with Spark runs and other work
+PNG = b"\x89PNG\r\n\x1a\n"
+BACKFILLS = """{ partitionBackfillsOrError { ... on PartitionBackfills { results {
+  id assetSelection { path }
+  assetBackfillData { rootTargetedPartitions { partitionKeys ranges { start end } } } } } } }"""
 STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
   ... on PartitionBackfill { status } }
   runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
@@ -46,6 +59,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class DagsterDev:
+    port: int
+    lake: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return f"--- tail of {self.log} ---\n{self.log.read_text(errors='replace')[-chars:]}"
+
+
 @pytest.fixture
 def dagster_dev(tmp_path):
     """`dagster dev` on a free port over a lake with two generated hours."""
@@ -59,7 +86,8 @@ def dagster_dev(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")}
     env.update(EXPO_LAKE=str(lake), DAGSTER_HOME=str(home), PYSPARK_PYTHON=sys.executable)
     port = free_port()
-    log = (tmp_path / "dagster-dev.log").open("w")
+    log_path = tmp_path / "dagster-dev.log"
+    log = log_path.open("w")
     dagster = Path(sys.executable).parent / "dagster"
     process = subprocess.Popen(
         [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -69,6 +97,7 @@ def dagster_dev(tmp_path):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    dev = DagsterDev(port, lake, log_path)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -77,10 +106,9 @@ def dagster_dev(tmp_path):
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    output = (tmp_path / "dagster-dev.log").read_text()[-3000:]
-                    pytest.fail(f"dagster dev did not start:\n{output}")
+                    pytest.fail(f"dagster dev did not start:\n{dev.log_tail()}")
                 time.sleep(1)
-        yield port, lake
+        yield dev
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -90,40 +118,169 @@ def dagster_dev(tmp_path):
         log.close()
 
 
-@pytest.mark.slow
-def test_asset_graph_and_a_two_hour_backfill(dagster_dev):
-    port, lake = dagster_dev
-    nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
-    assert sorted(n["assetKey"]["path"][0] for n in nodes) == sorted(ASSETS + DAILY_ASSETS)
+def new_page(browser: Browser) -> Page:
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    context.set_default_navigation_timeout(UI_TIMEOUT_MS)
+    # On localhost Dagster greets a new browser with a "Join the Dagster community" dialog over
+    # the page; the flag it stores once dismissed is set up front, and a handler skips the
+    # dialog should a later Dagster rename that flag.
+    context.add_init_script("window.localStorage.setItem('communityNux', '\"1\"')")
+    page = context.new_page()
+    page.add_locator_handler(
+        page.get_by_text("Join the Dagster community"),
+        lambda: page.get_by_role("button", name="Skip", exact=True).click(),
+    )
+    return page
 
-    launched = graphql(
-        port,
-        LAUNCH,
-        {
-            "p": {
-                "partitionNames": ["2026-03-02-00", "2026-03-02-01"],
-                "assetSelection": [{"path": [name]} for name in ASSETS],
-                "fromFailure": False,
-            }
-        },
-    )["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+
+@contextlib.contextmanager
+def ui_step(page: Page, dev: DagsterDev, step: str):
+    """Turns a failed UI step into a failure with a screenshot and the dagster-dev log."""
+    try:
+        yield
+    except (PlaywrightError, AssertionError) as exc:
+        shot = ARTIFACTS / "dagster_ui_failure.png"
+        with contextlib.suppress(PlaywrightError):
+            page.screenshot(path=str(shot), full_page=True)
+        pytest.fail(
+            f"UI step {step!r} failed at {page.url}: {exc}\nscreenshot: {shot}\n{dev.log_tail()}"
+        )
+
+
+def asset_graph(page: Page):
+    """The rendered lineage graph: the SVG whose nodes are HTML in <foreignObject>s."""
+    return page.locator("svg").filter(has=page.locator("foreignObject"))
+
+
+def show_every_asset(page: Page, dev: DagsterDev, shot: Path) -> None:
+    page.goto(f"{dev.url}/asset-groups")
+    # Two groups (batch, analysis) start collapsed into group nodes: expand them from the
+    # graph's settings menu (the navigation's button is named "settings Settings").
+    page.get_by_role("button", name="settings", exact=True).click()
+    page.get_by_role("menuitem", name="Expand all groups").click()
+    page.keyboard.press("Escape")
+    graph = asset_graph(page)
+    for name in ASSETS + DAILY_ASSETS:
+        expect(graph.get_by_text(name, exact=True), f"node {name} in the graph").to_be_visible()
+    page.screenshot(path=str(shot), full_page=True)
+
+
+def launch_backfill(page: Page) -> str:
+    """Filters the graph to the hourly (batch) assets, backfills HOURS; returns the id."""
+    search = page.get_by_role("textbox", name="Search and filter assets")
+    search.focus()  # a CodeMirror editor: its textarea sits under the editor's lines
+    page.keyboard.type("group:batch")
+    page.keyboard.press("Enter")
+    graph = asset_graph(page)
+    for name in ASSETS:
+        expect(graph.get_by_text(name, exact=True), f"node {name} in the graph").to_be_visible()
+    for name in DAILY_ASSETS:
+        expect(graph.get_by_text(name, exact=True), f"no {name} in the graph").to_have_count(0)
+
+    page.get_by_role("button", name="Materialize all").click()
+    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
+    expect(dialog).to_contain_text(f"Launch runs to materialize {len(ASSETS)} assets")
+    # The dialog offers the last 90 days at first; March 2026 is older than that.
+    dialog.get_by_role("button", name="Show all partitions").click()
+    keys = dialog.get_by_role("textbox")
+    keys.fill(", ".join(HOURS))
+    keys.press("Enter")
+    expect(dialog.get_by_text(f"{len(HOURS)} partitions", exact=True)).to_be_visible()
+    launch = dialog.get_by_role("button", name="Launch backfill")
+    expect(launch).to_be_enabled()
+    launch.click()
+    # A toast "Created backfill <id>" shows for a few seconds; text_content waits for it.
+    toast = page.get_by_role("region", name=re.compile("Notifications")).get_by_text(
+        re.compile(r"Created backfill \w+")
+    )
+    created = toast.text_content()
+    match = re.search(r"Created backfill (\w+)", created or "")
+    assert match, f"no backfill id in the toast {created!r}"
+    return match.group(1)
+
+
+def wait_for_backfill(page: Page, dev: DagsterDev, backfill_id: str) -> tuple[str, list[str]]:
+    """Waits (over GraphQL) for the backfill and its runs to be terminal."""
     deadline = time.monotonic() + 600
     while True:
-        status = graphql(port, STATUS, {"id": launched["backfillId"]})
+        status = graphql(dev.port, STATUS, {"id": backfill_id})
         backfill = status["partitionBackfillOrError"]["status"]
         runs = [r["status"] for r in status["runsOrError"]["results"]]
         # The daemon's hourly schedule queues its own runs meanwhile; only the
         # backfill's runs (tagged with its id) are waited for and judged.
         done = backfill in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "COMPLETED_FAILED")
         if done and all(r in TERMINAL_RUN for r in runs):
-            break
-        assert time.monotonic() < deadline, f"backfill still {backfill}, runs {runs}"
+            return backfill, runs
+        if time.monotonic() > deadline:
+            with ui_step(page, dev, "the unfinished backfill page"):
+                page.goto(f"{dev.url}/runs/b/{backfill_id}")
+                raise AssertionError(f"backfill {backfill_id} still {backfill} after 600 s")
         time.sleep(3)
-    assert backfill in ("COMPLETED", "COMPLETED_SUCCESS"), runs
-    assert runs and all(r == "SUCCESS" for r in runs), runs
 
-    with MetricStore(f"sqlite:///{lake / 'metrics.sqlite'}") as store:
+
+@pytest.mark.slow
+def test_asset_graph_and_a_two_hour_backfill_in_chromium(dagster_dev):
+    dev = dagster_dev
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: run `make system`")
+    # Also makes sure the code location is loaded before the browser looks.
+    nodes = graphql(dev.port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+    assert sorted(n["assetKey"]["path"][0] for n in nodes) == sorted(ASSETS + DAILY_ASSETS)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = {name: ARTIFACTS / f"dagster_{name}.png" for name in ("asset_graph", "backfill")}
+    for stale in [*shots.values(), ARTIFACTS / "dagster_ui_failure.png"]:
+        stale.unlink(missing_ok=True)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = new_page(browser)
+            started = time.monotonic()
+            with ui_step(page, dev, "every asset in the graph"):
+                show_every_asset(page, dev, shots["asset_graph"])
+            with ui_step(page, dev, "launch a backfill of two hours"):
+                backfill_id = launch_backfill(page)
+            print(
+                f"UI: graph checked, {backfill_id} launched in {time.monotonic() - started:.0f} s"
+            )
+            page.goto("about:blank")  # no live polling of the webserver while Spark runs
+
+            backfills = graphql(dev.port, BACKFILLS)["partitionBackfillsOrError"]["results"]
+            assert [b["id"] for b in backfills] == [backfill_id], backfills
+            (launched,) = backfills
+            assert sorted(a["path"][0] for a in launched["assetSelection"]) == sorted(ASSETS)
+            targeted = launched["assetBackfillData"]["rootTargetedPartitions"]
+            assert targeted["partitionKeys"] == HOURS or targeted["ranges"] == [
+                {"start": HOURS[0], "end": HOURS[1]}
+            ], targeted
+
+            started = time.monotonic()
+            backfill, runs = wait_for_backfill(page, dev, backfill_id)
+            print(f"backfill {backfill} in {time.monotonic() - started:.0f} s, runs {runs}")
+            page.set_viewport_size({"width": 1600, "height": 900})  # a table, not a wide graph
+            with ui_step(page, dev, "the finished backfill page"):
+                page.goto(f"{dev.url}/runs/b/{backfill_id}")
+                selection = re.compile(rf"{HOURS[0]}(\.\.\.|…){HOURS[1]}")
+                expect(page.get_by_text(selection)).to_be_visible()
+                expect(page.get_by_text(re.compile(r"\d+% completed"))).to_have_count(len(ASSETS))
+                page.screenshot(path=str(shots["backfill"]), full_page=True)
+            assert backfill in ("COMPLETED", "COMPLETED_SUCCESS"), f"{runs}\n{dev.log_tail()}"
+            assert runs and all(r == "SUCCESS" for r in runs), f"{runs}\n{dev.log_tail()}"
+            with ui_step(page, dev, "the backfill page shows success"):
+                expect(page.locator("body")).to_contain_text(re.compile(r"Status\s*Succeeded"))
+                expect(page.get_by_text("100% completed")).to_have_count(len(ASSETS))
+        finally:
+            browser.close()
+
+    for shot in shots.values():
+        assert shot.exists() and shot.read_bytes()[:8] == PNG, f"no PNG at {shot}"
+        assert shot.stat().st_size > 20_000, f"{shot} is only {shot.stat().st_size} bytes"
+        print(f"screenshot: {shot} ({shot.stat().st_size} bytes)")
+
+    with MetricStore(f"sqlite:///{dev.lake / 'metrics.sqlite'}") as store:
         hours = {p.hour for p in store.query(layer="batch")}
         quality = {p.hour for p in store.query(layer="batch", quality=True)}
     assert hours == {"2026-03-02T00:00:00Z", "2026-03-02T01:00:00Z"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -11,17 +10,8 @@ from playwright.sync_api import sync_playwright
 from expo_platform.reconcile import reconcile_hour, relative_drift
 from expo_platform.reports import hourly_series, render_trend_report
 from expo_platform.store import MetricStore, Point
+from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 HOURS = [f"2026-03-02T{h:02d}:00:00Z" for h in range(6)]
 
 

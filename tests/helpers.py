@@ -1,0 +1,64 @@
+"""Small helpers that several test modules share: waiting, a supervisor tick, the browser."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+
+PROJECT = Path(__file__).resolve().parent.parent
+# Screenshots and other files a reviewer may want to look at after a run.
+ARTIFACTS = Path(os.environ.get("EXPO_TEST_ARTIFACTS") or PROJECT / "test-artifacts")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, driven by Playwright
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` every second; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def supervisor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor=None):
+    """Evaluate one tick of `streaming_supervisor` with the resources of `defs`."""
+    from sensors.supervisor import streaming_supervisor
+
+    names = ("alerts", "stream_launcher", "expo")
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={n: defs.resources[n] for n in names}
+    )
+    return streaming_supervisor(context), context.cursor
+
+
+def stream_env(tmp_path: Path, kafka, zookeeper, topic: str, mailbox, webhook) -> dict[str, str]:
+    """Settings of a streaming app under the supervisor: its own lake, store, services dir,
+    topic and consumer, a 5 s trigger, a free UI port, and alerts to the test's receivers."""
+    from expo_platform.services import free_port
+
+    return {
+        "EXPO_LAKE": str(tmp_path / "lake"),
+        "EXPO_METRIC_STORE": f"sqlite:///{tmp_path / 'metrics.sqlite'}",
+        "EXPO_SERVICES_DIR": str(tmp_path / "services"),
+        "EXPO_KAFKA_BOOTSTRAP": kafka.address,
+        "EXPO_KAFKA_TOPIC": topic,
+        "EXPO_ZOOKEEPER": zookeeper.address,
+        "EXPO_STREAM_CONSUMER": f"c-{topic}",
+        "EXPO_KAFKA_END_OFFSETS": "probe",
+        "EXPO_STREAM_TRIGGER_SECONDS": "5",
+        "EXPO_STREAM_UI_PORT": str(free_port()),
+        "EXPO_ALERT_SMTP": mailbox.address,
+        "EXPO_ALERT_EMAIL_TO": "oncall@example.com",
+        "EXPO_ALERT_WEBHOOK_URL": webhook.url,
+    }
