@@ -58,6 +58,16 @@ services: deps
 services-down:
 	@$(PY) -m expo_platform.services down
 
+# A Spark standalone master and one worker from the pyspark wheel, on EXPO_CLUSTER_MASTER_PORT
+# (web UI EXPO_CLUSTER_UI_PORT); logs and pid files in EXPO_SERVICES_DIR.
+.PHONY: cluster cluster-down
+
+cluster: deps
+	@$(PY) -m expo_platform.services cluster-up
+
+cluster-down:
+	@$(PY) -m expo_platform.services cluster-down
+
 # Benchmarks (bench/): batch and streaming throughput, printed as a table and written to
 # bench/results/<time>.json. Generated inputs are cached in bench/.cache.
 bench: deps

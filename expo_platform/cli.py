@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_iso, hour_label, parse_hour
 from expo_platform.logs import configure_logging
-from expo_platform.settings import SETTINGS_DOC, Settings, load_settings
+from expo_platform.settings import REGION_PATTERN, SETTINGS_DOC, Settings, load_settings
 
 log = logging.getLogger("expo")
 
@@ -212,6 +213,26 @@ def _day_arg(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day like 2026-03-02") from None
 
 
+def cmd_writer(args: argparse.Namespace, settings: Settings) -> None:
+    from expo_platform.lease import switch_writer, writer_status
+
+    group = settings.stream_consumer
+    if args.action == "switch":
+        if not args.to or not re.fullmatch(REGION_PATTERN, args.to):
+            raise ExpoError(f"--to needs a region name, not {args.to!r}")
+        switch_writer(settings.zookeeper, group, args.to)
+        status = writer_status(settings.zookeeper, group)
+        if args.to not in status["members"]:
+            print(f"note: region {args.to} is not running; the writer stays {status['holder']}")
+        print(f"preferred writer of {group}: {args.to} (writing now: {status['holder'] or '-'})")
+        return
+    status = writer_status(settings.zookeeper, group)
+    print(
+        f"{group}: writing {status['holder'] or '-'}, preferred {status['preferred'] or '-'}, "
+        f"running {', '.join(status['members']) or '-'}"
+    )
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
     for env, default, doc in SETTINGS_DOC:
         print(f"{env:28} {default!s:34} {doc}")
@@ -266,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--to", dest="last", type=_day_arg, help="last day (inclusive)")
     card.add_argument("--format", choices=("table", "json"), default="table")
     card.set_defaults(func=cmd_scorecard)
+
+    wr = sub.add_parser(
+        "writer", help="which region's streaming app writes (status), or move it (switch)"
+    )
+    wr.add_argument("action", choices=("status", "switch"))
+    wr.add_argument("--to", metavar="REGION", help="the region that should write, with switch")
+    wr.set_defaults(func=cmd_writer)
 
     st = sub.add_parser("settings", help="list the settings and their environment variables")
     st.set_defaults(func=cmd_settings)

@@ -30,7 +30,12 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.datasource import (
+    DataSource,
+    DataSourceReader,
+    DataSourceStreamReader,
+    InputPartition,
+)
 from pyspark.sql.streaming.datasource import (
     ReadAllAvailable,
     ReadLimit,
@@ -209,6 +214,39 @@ class ExpoKafkaDataSource(DataSource):
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:
         return ExpoKafkaStreamReader(SourceOptions.parse(self.options))
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return ExpoKafkaBatchReader(SourceOptions.parse(self.options), self.options.get("ranges"))
+
+
+class ExpoKafkaBatchReader(DataSourceReader):
+    """`spark.read.format("expo_kafka").option("ranges", '{"0": [start, end]}')`: the records
+    [start, end) of each listed partition, as a batch DataFrame."""
+
+    def __init__(self, options: SourceOptions, ranges: str | None) -> None:
+        if not ranges:
+            raise ExpoError(
+                'a batch read of expo_kafka needs the option ranges {"p": [start, end]}'
+            )
+        try:
+            bounds = {int(p): (int(lo), int(hi)) for p, (lo, hi) in json.loads(ranges).items()}
+        except (ValueError, TypeError) as exc:
+            raise ExpoError(f"invalid ranges {ranges!r}: {exc}") from None
+        self.options = options
+        self.bounds = bounds
+
+    def partitions(self) -> list[KafkaRange]:
+        conf, step = self.options.consumer_conf(), self.options.records_per_task
+        return [
+            KafkaRange(
+                self.options.topic, p, lo, min(hi, lo + step), conf, self.options.poll_timeout
+            )
+            for p, (first, hi) in sorted(self.bounds.items())
+            for lo in range(first, hi, step)
+        ]
+
+    def read(self, partition: KafkaRange) -> Iterator:
+        return read_range(partition)
 
 
 class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
@@ -538,7 +576,7 @@ def expo_kafka_options(settings: Settings, **options: Any) -> dict[str, str]:
         "bootstrap": settings.kafka_bootstrap,
         "topic": settings.kafka_topic,
         "zookeeper": settings.zookeeper,
-        "consumer": settings.stream_consumer,
+        "consumer": settings.stream_offsets_consumer,
         "startingOffsets": "earliest",
     }
     base.update({k: str(v) for k, v in options.items() if v is not None})
@@ -585,8 +623,19 @@ def read_stream(
     raise ExpoError(f"unknown stream format {fmt!r}: use {SOURCE_NAME} or kafka")
 
 
+def read_ranges(
+    spark: SparkSession, settings: Settings, ranges: Mapping[int, tuple[int, int]]
+) -> DataFrame:
+    """Records [start, end) of partitions of the beacons topic, with the uniform schema."""
+    register(spark)
+    spec = json.dumps({str(p): [lo, hi] for p, (lo, hi) in ranges.items() if hi > lo})
+    options = expo_kafka_options(settings, ranges=spec)
+    del options["zookeeper"], options["consumer"]
+    return uniform(spark.read.format(SOURCE_NAME).options(**options).load())
+
+
 def _committed_offsets(settings: Settings) -> dict[int, int]:
     from expo_platform.offsets import ZkOffsets
 
-    with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
+    with ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer) as zk:
         return zk.read(settings.kafka_topic)

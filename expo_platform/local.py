@@ -19,7 +19,7 @@ from expo_platform import services
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_key, truncate_hour
 from expo_platform.settings import Settings, load_settings
-from expo_platform.supervision import LocalLauncher
+from expo_platform.supervision import stream_launcher
 
 GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
 
@@ -41,7 +41,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
     running = {s.name for s in services.running_services(folder)}
     settings.lake.mkdir(parents=True, exist_ok=True)
     if services.STREAM not in running:
-        app = LocalLauncher(settings).start()
+        app = stream_launcher(settings).start()
         say(f"{app.describe()} (started)")
     if services.GENERATOR not in running:
         start = hour_key(truncate_hour(datetime.now(UTC)))

@@ -39,12 +39,11 @@ def offsets_path(consumer: str, topic: str) -> str:
     return f"{ROOT}/{consumer}/offsets/{topic}"
 
 
-class ZkOffsets:
-    """Read and commit a consumer's offsets in ZooKeeper; use as a context manager or close()."""
+class ZkSession:
+    """A ZooKeeper session with bounded retries; use as a context manager or close()."""
 
-    def __init__(self, hosts: str, consumer: str, timeout: float = 10.0) -> None:
+    def __init__(self, hosts: str, timeout: float = 10.0) -> None:
         self.hosts = hosts
-        self.consumer = consumer
         # Bounded retries: an unreachable ZooKeeper is an error to report, not to wait out.
         retry = {"max_tries": 3, "delay": 0.2, "max_delay": 2.0, "ignore_expire": False}
         self._client = KazooClient(
@@ -61,6 +60,62 @@ class ZkOffsets:
             raise ExpoError(
                 f"ZooKeeper at {hosts} is unreachable (no session in {timeout:.0f}s): {exc}"
             ) from None
+
+    def get_text(self, path: str) -> str:
+        """A node's data as text; empty when the node does not exist."""
+        try:
+            return self._call(self._client.get, path)[0].decode()
+        except NoNodeError:
+            return ""
+
+    def set_text(self, path: str, value: str) -> None:
+        """Create or overwrite a persistent node."""
+        try:
+            self._call(self._client.set, path, value.encode())
+        except NoNodeError:
+            self._call(self._client.create, path, value.encode(), makepath=True)
+
+    def children(self, path: str) -> list[str]:
+        """A node's children, sorted; empty when the node does not exist."""
+        try:
+            return sorted(self._call(self._client.get_children, path))
+        except NoNodeError:
+            return []
+
+    def close(self) -> None:
+        """End the ZooKeeper session."""
+        self._shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, func, *args, **kwargs):
+        try:
+            return self._client.retry(func, *args, **kwargs)
+        except (NoNodeError, NodeExistsError):
+            raise
+        except (KazooTimeoutError, KazooException, ZookeeperError) as exc:
+            raise ExpoError(
+                f"ZooKeeper at {self.hosts} failed: {type(exc).__name__} {exc}"
+            ) from None
+
+    def _shutdown(self) -> None:
+        try:
+            self._client.stop()
+            self._client.close()
+        except Exception as exc:  # closing a broken session must not hide the first error
+            log.debug("zookeeper close failed", extra={"error": str(exc)})
+
+
+class ZkOffsets(ZkSession):
+    """Read and commit a consumer's offsets in ZooKeeper; use as a context manager or close()."""
+
+    def __init__(self, hosts: str, consumer: str, timeout: float = 10.0) -> None:
+        self.consumer = consumer
+        super().__init__(hosts, timeout)
 
     def read(self, topic: str) -> dict[int, int]:
         """The committed next offset per partition; empty when nothing was committed."""
@@ -115,30 +170,3 @@ class ZkOffsets:
         """Forget the committed offsets of a topic (to replay it from the start)."""
         with contextlib.suppress(NoNodeError):
             self._call(self._client.delete, offsets_path(self.consumer, topic), recursive=True)
-
-    def close(self) -> None:
-        """End the ZooKeeper session."""
-        self._shutdown()
-
-    def __enter__(self) -> ZkOffsets:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, func, *args, **kwargs):
-        try:
-            return self._client.retry(func, *args, **kwargs)
-        except (NoNodeError, NodeExistsError):
-            raise
-        except (KazooTimeoutError, KazooException, ZookeeperError) as exc:
-            raise ExpoError(
-                f"ZooKeeper at {self.hosts} failed: {type(exc).__name__} {exc}"
-            ) from None
-
-    def _shutdown(self) -> None:
-        try:
-            self._client.stop()
-            self._client.close()
-        except Exception as exc:  # closing a broken session must not hide the first error
-            log.debug("zookeeper close failed", extra={"error": str(exc)})

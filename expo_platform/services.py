@@ -1,4 +1,5 @@
-"""Local ZooKeeper and Kafka-compatible broker (Tansu) for development and tests.
+"""Local ZooKeeper, Kafka-compatible broker (Tansu) and Spark standalone cluster for
+development and tests.
 
 Each service runs detached from its starter, on a loopback port, with its log, pid file and
 descriptor (`<name>.log`, `<name>.pid`, `<name>.json`) in one folder. Stopping goes by the
@@ -37,6 +38,11 @@ GENERATOR = "generator"  # live traffic; no port
 DAGSTER = "dagster"  # dagster dev: webserver and daemon
 # Everything `make up` may start, in start order; `make down` stops it in reverse.
 PLATFORM_NAMES = (ZOOKEEPER, BROKER, STREAM, GENERATOR, DAGSTER)
+SPARK_MASTER = "spark-master"  # a standalone master, from the pyspark wheel
+SPARK_WORKER = "spark-worker"  # one worker of that master
+CLUSTER_NAMES = (SPARK_MASTER, SPARK_WORKER)
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 # SIGTERM lets the streaming app finish its micro-batch: give it time.
 STOP_TIMEOUTS = {STREAM: 180.0, DAGSTER: 60.0}
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
@@ -60,6 +66,8 @@ class Service:
     log_file: Path
     pid_file: Path
     process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    # spark-submit: SIGTERM goes to the JVM's children (the Python driver) first.
+    children_first: bool = False
 
     @property
     def address(self) -> str:
@@ -77,12 +85,14 @@ class Service:
             return self.process.poll() is None
         return pid_runs(self.pid, self.argv)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until clients can use the service; raise ExpoError with the log tail if not."""
+    def wait_ready(
+        self, timeout: float = 30.0, probe: Callable[[str, float], bool] | None = None
+    ) -> None:
+        """Block until clients can use the service (`probe(address, timeout)`, by default
+        the one of its kind); raise ExpoError with the log tail if not."""
         probes = {ZOOKEEPER: _zookeeper_ready, BROKER: _broker_ready, STREAM: _spark_ui_ready}
-        probe = probes.get(self.name, _http_ready)
-        if not self.port:
-            probe = _runs
+        if probe is None:
+            probe = probes.get(self.name, _http_ready) if self.port else _runs
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -99,11 +109,19 @@ class Service:
         was_alive = self.alive()
         if was_alive:
             self.resume()  # a stopped (paused) process would not act on SIGTERM
-            self._signal(signal.SIGTERM)
+            # On SIGTERM spark-submit's JVM would stop the SparkContext under the running
+            # micro-batch; its Python driver finishes the batch, and the JVM exits with it.
+            children = self.children_first and self._signal_children(signal.SIGTERM)
+            if children and not self._wait_gone(timeout):
+                timeout = 10.0
+            if self.alive():
+                self._signal(signal.SIGTERM)
             if not self._wait_gone(timeout):
                 log.warning(
                     "service ignored SIGTERM", extra={"service": self.name, "pid": self.pid}
                 )
+                if self.children_first:
+                    self._signal_children(signal.SIGKILL)
                 self._signal(signal.SIGKILL)
                 self._wait_gone(5.0)
         if self.process is not None:
@@ -142,6 +160,14 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
+    def _signal_children(self, signum: int) -> bool:
+        """Signal the live children of the process; False when it has none."""
+        children = child_pids(self.pid) if self.alive() else []
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+        return bool(children)
+
     def _wait_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -162,6 +188,27 @@ def pid_runs(pid: int, argv: Sequence[str]) -> bool:
     if state in ("Z", "X"):
         return False
     return cmdline.split(b"\0")[:-1] == [a.encode() for a in argv]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live (non-zombie) processes whose parent is `pid`."""
+    children = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            after_name = stat_file.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(after_name[1]) == pid and after_name[0] not in ("Z", "X"):
+            children.append(int(stat_file.parent.name))
+    return children
+
+
+def command_line(pid: int) -> list[str]:
+    """The command line that /proc shows for `pid`."""
+    try:
+        return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    except OSError:
+        return []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -273,10 +320,30 @@ def start_process(
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
     cwd: Path | None = None,
+    probe: Callable[[str, float], bool] | None = None,
+    execs: bool = False,
+    children_first: bool = False,
 ) -> Service:
     """Start a platform process detached, recorded by pid files in `folder`; wait until
-    it is ready (its HTTP port answers, or, without a port, it runs)."""
-    return _start(name, Path(folder), "127.0.0.1", port, argv, timeout, env, cwd)
+    it is ready (`probe`, else its HTTP port answers, or, without a port, it runs).
+
+    `execs`: the command replaces itself (Spark's scripts exec java), so the command line
+    recorded for the pid checks is the one it runs once ready. `children_first`: stopping
+    sends SIGTERM to its children first (see `Service.stop`).
+    """
+    return _start(
+        name,
+        Path(folder),
+        "127.0.0.1",
+        port,
+        argv,
+        timeout,
+        env,
+        cwd,
+        probe=probe,
+        execs=execs,
+        children_first=children_first,
+    )
 
 
 def _start(
@@ -288,6 +355,10 @@ def _start(
     timeout: float,
     extra_env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    *,
+    probe: Callable[[str, float], bool] | None = None,
+    execs: bool = False,
+    children_first: bool = False,
 ) -> Service:
     folder.mkdir(parents=True, exist_ok=True)
     if port and port_in_use(host, port):
@@ -310,11 +381,22 @@ def _start(
             start_new_session=True,
         )
     service = Service(
-        name, process.pid, host, port, argv, log_file, folder / f"{name}.pid", process
+        name,
+        process.pid,
+        host,
+        port,
+        argv,
+        log_file,
+        folder / f"{name}.pid",
+        process,
+        children_first=children_first,
     )
     _write_pidfiles(service)
     try:
-        service.wait_ready(timeout)
+        service.wait_ready(timeout, probe)
+        if execs:
+            service.argv = command_line(service.pid) or argv
+            _write_pidfiles(service)
     except ExpoError:
         service.stop(timeout=5.0)
         raise
@@ -339,6 +421,7 @@ def _write_pidfiles(service: Service) -> None:
         "port": service.port,
         "argv": service.argv,
         "log_file": str(service.log_file),
+        "children_first": service.children_first,
     }
     service.descriptor_file.write_text(json.dumps(descriptor, indent=2) + "\n")
 
@@ -360,6 +443,7 @@ def recorded_service(folder: Path, name: str) -> Service | None:
         list(descriptor["argv"]),
         Path(descriptor["log_file"]),
         pid_file,
+        children_first=bool(descriptor.get("children_first", False)),
     )
 
 
@@ -506,6 +590,173 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         raise ExpoError(f"not a host:port address: {text!r}") from None
 
 
+# -- Spark standalone cluster -------------------------------------------------------------
+
+
+def spark_home() -> Path:
+    """The pyspark package folder: SPARK_HOME of the wheel, with `bin/spark-class`."""
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or not spec.submodule_search_locations:
+        raise ExpoError("pyspark not found: `make deps` installs it")
+    home = Path(next(iter(spec.submodule_search_locations)))
+    if not (home / "bin" / "spark-class").is_file():
+        raise ExpoError(f"{home} has no bin/spark-class")
+    return home
+
+
+def spark_env() -> dict[str, str]:
+    """The environment of Spark's launch scripts: SPARK_HOME, and Java must be found."""
+    if not os.environ.get("JAVA_HOME") and not shutil.which("java"):
+        raise ExpoError("java not found: `make system` installs Java")
+    return {"SPARK_HOME": str(spark_home())}
+
+
+def master_url(port: int, host: str = "127.0.0.1") -> str:
+    """The `spark://` URL of a standalone master."""
+    return f"spark://{host}:{port}"
+
+
+def master_argv(port: int, ui_port: int, host: str = "127.0.0.1") -> list[str]:
+    """The command line of a standalone master on host:port, web UI on ui_port."""
+    return [
+        str(spark_home() / "bin" / "spark-class"),
+        MASTER_CLASS,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--webui-port",
+        str(ui_port),
+    ]
+
+
+def worker_argv(
+    master: str, cores: int, memory: str, ui_port: int, work_dir: Path, host: str = "127.0.0.1"
+) -> list[str]:
+    """The command line of a worker of `master` (spark://...) offering cores and memory."""
+    return [
+        str(spark_home() / "bin" / "spark-class"),
+        WORKER_CLASS,
+        "--host",
+        host,
+        "--cores",
+        str(cores),
+        "--memory",
+        memory,
+        "--webui-port",
+        str(ui_port),
+        "--work-dir",
+        str(work_dir),
+        master,
+    ]
+
+
+def master_status(ui: str, timeout: float = 5.0) -> dict | None:
+    """The master's JSON (`http://<ui>/json/`: workers, activeapps, completedapps), or None
+    when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{ui}/json/", timeout=timeout) as response:
+            status = json.load(response)
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _cluster_env(local_dirs: Path | None = None) -> dict[str, str]:
+    # Loopback only, like the other local services; executors inherit it from the worker.
+    env = {**spark_env(), "SPARK_LOCAL_IP": "127.0.0.1"}
+    if local_dirs is not None:
+        local_dirs.mkdir(parents=True, exist_ok=True)
+        env["SPARK_LOCAL_DIRS"] = str(local_dirs)  # shuffle and spill of the executors
+    return env
+
+
+def start_master(folder: Path, port: int, ui_port: int, timeout: float = 60.0) -> Service:
+    """Start a standalone master on 127.0.0.1:port (web UI on ui_port); ready when its
+    JSON says ALIVE."""
+    if port_in_use("127.0.0.1", ui_port):
+        # Spark would move its UI to the next port: the probe would ask someone else.
+        raise ExpoError(f"cannot start {SPARK_MASTER}: 127.0.0.1:{ui_port} is already in use")
+    ui = f"127.0.0.1:{ui_port}"
+
+    def alive(address: str, timeout: float) -> bool:
+        status = master_status(ui, timeout)
+        return status is not None and status.get("status") == "ALIVE"
+
+    argv = master_argv(port, ui_port)
+    env = _cluster_env()
+    return _start(
+        SPARK_MASTER, Path(folder), "127.0.0.1", port, argv, timeout, env, probe=alive, execs=True
+    )
+
+
+def worker_alive(status: dict | None, ui_port: int) -> bool:
+    """True when the master's JSON lists the worker whose web UI is on ui_port as ALIVE."""
+    for worker in (status or {}).get("workers", []):
+        address = str(worker.get("webuiaddress", ""))
+        if address.endswith(f":{ui_port}") and worker.get("state") == "ALIVE":
+            return True
+    return False
+
+
+def start_worker(
+    folder: Path,
+    master_port: int,
+    master_ui_port: int,
+    cores: int,
+    memory: str,
+    ui_port: int,
+    timeout: float = 60.0,
+) -> Service:
+    """Start a worker of the local master, its work and scratch folders under `folder`;
+    ready when the master lists it ALIVE. Recorded with its web UI port."""
+    home = Path(folder) / SPARK_WORKER
+    argv = worker_argv(master_url(master_port), cores, memory, ui_port, home / "work")
+    ui = f"127.0.0.1:{master_ui_port}"
+
+    def registered(address: str, timeout: float) -> bool:
+        return worker_alive(master_status(ui, timeout), ui_port)
+
+    env = _cluster_env(home / "local")
+    return _start(
+        SPARK_WORKER,
+        Path(folder),
+        "127.0.0.1",
+        ui_port,
+        argv,
+        timeout,
+        env,
+        probe=registered,
+        execs=True,
+    )
+
+
+def cluster_up(
+    folder: Path,
+    port: int,
+    ui_port: int,
+    cores: int,
+    memory: str,
+    say: Callable[[str], None],
+) -> list[Service]:
+    """Start what is not running yet of a standalone master and one worker (its web UI on
+    ui_port + 1)."""
+    running = {s.name: s for s in (recorded_service(folder, n) for n in CLUSTER_NAMES) if s}
+    services = []
+    for name in CLUSTER_NAMES:
+        service = running.get(name)
+        if service is not None and service.alive():
+            say(f"{service.describe()} (already running)")
+        elif name == SPARK_MASTER:
+            service = start_master(folder, port, ui_port)
+            say(f"{service.describe()} (started, web UI http://127.0.0.1:{ui_port})")
+        else:
+            service = start_worker(folder, port, ui_port, cores, memory, ui_port + 1)
+            say(f"{service.describe()} (started, {cores} cores, {memory})")
+        services.append(service)
+    return services
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -544,14 +795,16 @@ def services_up(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m expo_platform.services up|down|status`, addresses from the settings."""
+    """`python -m expo_platform.services up|down|status|cluster-up|cluster-down`, addresses
+    from the settings."""
     from expo_platform.logs import configure_logging
     from expo_platform.settings import load_settings
 
     parser = argparse.ArgumentParser(
-        prog="python -m expo_platform.services", description="Local ZooKeeper and Kafka broker."
+        prog="python -m expo_platform.services",
+        description="Local ZooKeeper and Kafka broker; a Spark standalone master and worker.",
     )
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "cluster-up", "cluster-down"))
     parser.add_argument(
         "--partitions",
         type=int,
@@ -569,8 +822,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             _local("ZooKeeper", zk_host)
             _local("Kafka", kafka_host)
             services_up(folder, zk_port, kafka_port, settings.kafka_topic, args.partitions, print)
-        elif args.command == "down":
-            stopped = stop_from_pidfiles(folder)
+        elif args.command == "cluster-up":
+            port = settings.cluster_master_port
+            cluster_up(
+                folder,
+                port,
+                settings.cluster_ui_port,
+                settings.cluster_worker_cores,
+                settings.cluster_worker_memory,
+                print,
+            )
+            print(
+                f"use it with: EXPO_SPARK_MASTER={master_url(port)} "
+                f"EXPO_SPARK_MASTER_UI=127.0.0.1:{settings.cluster_ui_port} "
+                "EXPO_STREAM_LAUNCHER=spark-submit"
+            )
+        elif args.command in ("down", "cluster-down"):
+            names = CLUSTER_NAMES if args.command == "cluster-down" else SERVICE_NAMES
+            stopped = stop_from_pidfiles(folder, names=names)
             for service in stopped:
                 print(f"{service.name} pid={service.pid} stopped")
             if not stopped:

@@ -7,6 +7,7 @@ Each can be overridden by the environment variable named beside it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -56,6 +57,23 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+REGION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}"
+
+
+def _region(text: str) -> str:
+    if text and not re.fullmatch(REGION_PATTERN, text):
+        raise ValueError("must be empty, or up to 32 letters, digits, '-' and '_'")
+    return text
+
+
+def _lease_seconds(text: str) -> int:
+    value = int(text)
+    # ZooKeeper grants session timeouts of 2 to 20 ticks (tickTime=2000 ms here).
+    if not 4 <= value <= 40:
+        raise ValueError("must lie between 4 and 40 seconds")
+    return value
+
+
 def _weights(text: str) -> dict[str, float]:
     """Parse `experiment/variant=weight,...` into positive floats."""
     weights = {k: float(v) for k, v in _conf(text).items()}
@@ -76,6 +94,13 @@ def _hour(text: str) -> datetime:
 def _store_url(text: str) -> str:
     if not text.startswith(("sqlite:", "postgresql:", "postgresql+")):
         raise ValueError("must start with sqlite:/// or postgresql://")
+    return text
+
+
+def _memory(text: str) -> str:
+    """A JVM memory size such as `2g` or `1536m`."""
+    if not text[:-1].isdigit() or text[-1].lower() not in "mg" or int(text[:-1]) == 0:
+        raise ValueError("must be a size such as 2g or 1536m")
     return text
 
 
@@ -129,6 +154,19 @@ class Settings:
     )
     stream_consumer: str = _setting(
         "EXPO_STREAM_CONSUMER", str, "consumer name of the streaming app in ZooKeeper", "expo-speed"
+    )
+    stream_region: str = _setting(
+        "EXPO_STREAM_REGION",
+        _region,
+        "this streaming app's region for writer fail-over (empty: the only app, no lease); "
+        "each region keeps its own state and offsets, only the lease holder writes",
+        "",
+    )
+    writer_lease_seconds: int = _setting(
+        "EXPO_WRITER_LEASE_SECONDS",
+        _lease_seconds,
+        "ZooKeeper session timeout of a region: how long a dead writer keeps the lease (4-40)",
+        "10",
     )
     stream_source: str = _setting(
         "EXPO_STREAM_SOURCE",
@@ -237,6 +275,38 @@ class Settings:
         "beacons per second of the generator that `make up` runs",
         "200",
     )
+    stream_launcher: str = _setting(
+        "EXPO_STREAM_LAUNCHER",
+        _choice("local", "spark-submit"),
+        "how the supervisor starts the streaming app: a local background process, or "
+        "spark-submit to the standalone master of EXPO_SPARK_MASTER (spark://...)",
+        "local",
+    )
+    spark_master_ui: str = _setting(
+        "EXPO_SPARK_MASTER_UI",
+        str,
+        "host:port of the standalone master's web UI: the supervisor finds the streaming app "
+        "in its /json/ (empty: in the driver's UI only)",
+        "",
+    )
+    cluster_master_port: int = _setting(
+        "EXPO_CLUSTER_MASTER_PORT",
+        _positive_int,
+        "port of the standalone master that `make cluster` starts",
+        "7077",
+    )
+    cluster_ui_port: int = _setting(
+        "EXPO_CLUSTER_UI_PORT",
+        _positive_int,
+        "web UI port of that master (its worker's UI is on the next port)",
+        "8080",
+    )
+    cluster_worker_cores: int = _setting(
+        "EXPO_CLUSTER_WORKER_CORES", _positive_int, "cores the worker offers", "2"
+    )
+    cluster_worker_memory: str = _setting(
+        "EXPO_CLUSTER_WORKER_MEMORY", _memory, "memory the worker offers to executors", "2g"
+    )
 
     @property
     def landing_dir(self) -> Path:
@@ -262,7 +332,13 @@ class Settings:
     @property
     def stream_dir(self) -> Path:
         """The speed layer's own files: checkpoint, counted beacons, sessions, progress."""
-        return self.lake / "stream"
+        return self.lake / (f"stream-{self.stream_region}" if self.stream_region else "stream")
+
+    @property
+    def stream_offsets_consumer(self) -> str:
+        """The ZooKeeper consumer of this app's Kafka offsets: one per region."""
+        region = self.stream_region
+        return f"{self.stream_consumer}-{region}" if region else self.stream_consumer
 
     @property
     def reports_dir(self) -> Path:

@@ -57,8 +57,10 @@ from expo_platform.hours import (
     hour_start_ms,
     parse_hour,
 )
-from expo_platform.kafka_source import end_offsets_of_batch, read_stream
+from expo_platform.kafka_source import end_offsets_of_batch, read_ranges, read_stream
+from expo_platform.lease import WriterLease
 from expo_platform.metrics import EXPERIMENT_METRICS, metrics_of_hour, wide_points
+from expo_platform.offsets import ZkOffsets
 from expo_platform.settings import Settings
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
@@ -81,6 +83,7 @@ STREAM_QUALITY = (
 DEDUP_STATE_HOURS = 12  # how long the query's state remembers an event_id after it arrived
 FIRST_SIGHTING = "first_sighting"  # the column that tells the state's rows from messages
 PRODUCED_QUANTILES = (0.0, 0.01, 0.5)  # of Kafka timestamps, for freshness (see Progress)
+LEASE_CHECK_S = 2.0  # between micro-batches: hand the writer lease over, or take it
 RETRY_LIMIT_S = 900.0  # give up on the store or ZooKeeper after 15 minutes of failures
 
 
@@ -181,6 +184,16 @@ class StreamFiles:
         return sorted(parse_hour(h) for h in hours)
 
 
+def _parsed(messages: DataFrame) -> DataFrame:
+    """Kafka messages, validated like the batch layer's lines, with their event hour."""
+    return (
+        messages.select(_one_line("value"), "partition", "offset")
+        .transform(bc.drop_blank_lines)
+        .transform(bc.parse_beacons)
+        .withColumn("hourly_partitioner", F.when(F.col("ts") > 0, _hour_of("ts")))
+    )
+
+
 def _one_line(value: str) -> F.Column:
     """A message as one landing-zone line: line breaks become spaces."""
     return F.regexp_replace(value, "[\\r\\n]+", " ").alias(value)
@@ -193,13 +206,22 @@ def _hour_of(ts: str) -> F.Column:
 class MicroBatch:
     """Process one micro-batch of Kafka messages; see the module docstring for the steps."""
 
-    def __init__(self, settings: Settings, store: MetricStore, commit: Callable) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MetricStore,
+        commit: Callable,
+        lease: WriterLease | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.commit_offsets = commit
         self.files = StreamFiles(settings)
         self.epoch = self.files.epoch()
         self.watermark_ms = settings.stream_watermark_minutes * MINUTE_MS
+        # Without a lease the app is the only writer; with one, only while it holds it.
+        self.lease = lease
+        self.writes = lease is None
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -213,41 +235,58 @@ class MicroBatch:
             firsts = batch.where(F.col(FIRST_SIGHTING).isNotNull()).select(
                 F.col(FIRST_SIGHTING).alias("event_id")
             )
-            counts = self.run(messages.sparkSession, messages, key, firsts)
             offsets = end_offsets_of_batch(messages)
+            self.check_lease(messages.sparkSession)
+            counts = self.run(messages.sparkSession, messages, key, firsts, offsets)
         finally:
             batch.unpersist()
         if offsets:
             retry("committing offsets to ZooKeeper", lambda: self.commit_offsets(offsets))
         log.info(
-            "batch %s done in %.1fs: %s; offsets %s",
+            "batch %s done in %.1fs%s: %s; offsets %s",
             key,
             time.monotonic() - started,
+            "" if self.writes else " (standby)",
             " ".join(f"{k}={v}" for k, v in counts.items()),
             offsets,
         )
 
+    def check_lease(self, spark: SparkSession) -> None:
+        """Before a micro-batch, and between batches: hand the lease over when another running
+        region is preferred; take it when it is free, and then publish (`_take_over`)."""
+        if self.lease is None:
+            return
+        if self.writes and self.lease.should_hand_over():
+            self.lease.release()
+            self.writes = False
+            log.info("writes handed over to region %s", self.lease.preferred())
+            return
+        holds = self.lease.holds() or self.lease.try_acquire()
+        if holds and not self.writes:
+            self._take_over(spark)  # if it fails, the next check tries again
+            log.info("region %s writes from now on", self.settings.stream_region)
+        elif self.writes and not holds:
+            log.warning("region %s lost the writer lease: standby", self.settings.stream_region)
+        self.writes = holds
+
     def run(
-        self, spark: SparkSession, messages: DataFrame, key: str, firsts: DataFrame
+        self,
+        spark: SparkSession,
+        messages: DataFrame,
+        key: str,
+        firsts: DataFrame,
+        ends: dict[int, int] | None = None,
     ) -> dict[str, int]:
         """All writes of the batch; returns its counts.
 
-        `firsts` holds the `event_id`s this batch saw first (none earlier within 12 hours).
+        `firsts` holds the `event_id`s this batch saw first (none earlier within 12 hours);
+        `ends` the next offset per partition after the batch (for the landed offsets).
         """
         started = time.monotonic()
         previous = self.files.progress_before(key)
-        parsed = (
-            messages.select(_one_line("value"), "partition", "offset")
-            .transform(bc.drop_blank_lines)
-            .transform(bc.parse_beacons)
-            .withColumn(
-                "hourly_partitioner",
-                F.when(F.col("ts") > 0, _hour_of("ts")),
-            )
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
+        parsed = _parsed(messages).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            progress, counts = self._run(spark, parsed, key, previous, firsts)
+            progress, counts = self._run(spark, parsed, key, previous, firsts, ends or {})
         finally:
             parsed.unpersist()
         produced = messages.agg(
@@ -266,8 +305,11 @@ class MicroBatch:
         key: str,
         previous: Progress,
         firsts: DataFrame,
+        ends: dict[int, int],
     ) -> tuple[Progress, dict[str, int]]:
-        self._land(parsed, key)
+        if self.writes:
+            self._land(parsed, key, ends)
+        self._quarantine(parsed, key)
         watermark = previous.watermark(self.watermark_ms)
         valid = F.col("reason").isNull()
         late = valid & (F.col("ts") < F.lit(watermark)) if watermark is not None else F.lit(False)
@@ -314,7 +356,7 @@ class MicroBatch:
         self._write_quality(progress, set(batch_counts))
         if hours:
             self._recompute(spark, min(hours), key)
-        if progress.max_ts is not None:
+        if progress.max_ts is not None and self.writes:
             self._rolling(spark, progress.max_ts, key)
         self._expire(progress)
         return progress, {
@@ -325,13 +367,20 @@ class MicroBatch:
             "hours": len(hours),
         }
 
-    def _land(self, parsed: DataFrame, key: str) -> None:
-        """Raw messages into the landing zone by event hour; the rest to the quarantine."""
-        for old in self.files.landing.glob(f"hour=*/stream-{key}-*.json"):
+    def _land(self, parsed: DataFrame, key: str, ends: dict[int, int]) -> None:
+        """Raw messages into the landing zone by event hour.
+
+        With a lease, only offsets no writer has landed yet; then the landed offsets move on.
+        """
+        prefix = f"{self.settings.stream_region}-{key}" if self.lease else key
+        for old in self.files.landing.glob(f"hour=*/stream-{prefix}-*.json"):
             old.unlink()  # a replayed batch writes its files again
         tmp = self.files.tmp_dir / f"landing-{key}"
         shutil.rmtree(tmp, ignore_errors=True)
         dated = parsed.where(F.col("hourly_partitioner").isNotNull())
+        landed = self.lease.landed(self.settings.kafka_topic) if self.lease else {}
+        for partition, offset in landed.items():
+            dated = dated.where((F.col("partition") != partition) | (F.col("offset") >= offset))
         dated.select(F.col("hourly_partitioner").alias("hour"), "raw").write.partitionBy(
             "hour"
         ).text(str(tmp))
@@ -340,8 +389,13 @@ class MicroBatch:
             target.mkdir(parents=True, exist_ok=True)
             for i, part in enumerate(sorted(folder.glob("part-*"))):
                 if part.stat().st_size:
-                    os.replace(part, target / f"stream-{key}-{i:03d}.json")
+                    os.replace(part, target / f"stream-{prefix}-{i:03d}.json")
         shutil.rmtree(tmp, ignore_errors=True)
+        if self.lease is not None and ends:
+            self.lease.commit_landed(self.settings.kafka_topic, ends)
+
+    def _quarantine(self, parsed: DataFrame, key: str) -> None:
+        """Messages without an event time, with their reason, in the stream's own files."""
         parsed.where(F.col("hourly_partitioner").isNull()).select(
             "raw",
             F.coalesce("reason", F.lit("bad_field")).alias("reason"),
@@ -349,6 +403,38 @@ class MicroBatch:
             "partition",
             "offset",
         ).write.mode("overwrite").parquet(str(self.files.quarantine_dir / f"batch={key}"))
+
+    def _take_over(self, spark: SparkSession) -> None:
+        """This region has just taken the lease: land the messages the last writer had not
+        landed (read back from Kafka), then write every result this region's state holds."""
+        started = time.monotonic()
+        assert self.lease is not None
+        topic = self.settings.kafka_topic
+        with ZkOffsets(self.settings.zookeeper, self.settings.stream_offsets_consumer) as zk:
+            mine = zk.read(topic)
+        landed = self.lease.landed(topic)
+        gap = {p: (landed.get(p, 0), end) for p, end in mine.items() if end > landed.get(p, 0)}
+        if gap:
+            key = "gap-" + "_".join(f"{p}.{lo}.{hi}" for p, (lo, hi) in sorted(gap.items()))
+            parsed = _parsed(read_ranges(spark, self.settings, gap))
+            self._land(parsed, key, {p: hi for p, (_, hi) in gap.items()})
+        self.writes = True  # the writes below are this region's now
+        newest = "9999"  # after every batch key
+        progress = self.files.progress_before(newest)
+        self._write_quality(progress, set(progress.quality))
+        hours = sorted(
+            parse_hour(p.name.split("=", 1)[1])
+            for p in self.files.sessions_dir.glob("hourly_partitioner=*")
+        )
+        self._publish(spark, hours)
+        if progress.max_ts is not None:
+            self._rolling(spark, progress.max_ts, newest)
+        log.info(
+            "took over the writes in %.1fs: landed %s, published %d hours",
+            time.monotonic() - started,
+            {p: f"{lo}..{hi}" for p, (lo, hi) in gap.items()} or "nothing",
+            len(hours),
+        )
 
     def _earlier_epochs_event_ids(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
         """event_ids counted in these hours under an earlier checkpoint (epoch).
@@ -405,7 +491,7 @@ class MicroBatch:
             for h in sorted(hours - {""})
             for m in STREAM_QUALITY
         ]
-        if points:
+        if points and self.writes:
             hour_list = sorted({p.hour for p in points})
             retry(
                 "writing quality points",
@@ -437,7 +523,12 @@ class MicroBatch:
             else:
                 shutil.rmtree(target, ignore_errors=True)
         # An hour's bounces depend on the next hour: the hour before `first` changes too.
-        for hour in hour_range(first - ONE_HOUR, newest):
+        if self.writes:
+            self._publish(spark, hour_range(first - ONE_HOUR, newest))
+
+    def _publish(self, spark: SparkSession, hours: list[datetime]) -> None:
+        """Write the experiment metrics of these hours from the stream's sessions."""
+        for hour in hours:
             if self.files.session_path(hour).is_dir():
                 wide = metrics_of_hour(lambda hours: self._sessions(spark, hours), hour).collect()
                 points = wide_points(wide, hour_iso(hour), "speed")
@@ -582,8 +673,6 @@ def run_stream(
     the platform's own errors (Kafka or ZooKeeper unreachable) starts again from its
     checkpoint, backing off like `retry`, until RETRY_LIMIT_S pass without a finished batch.
     """
-    from expo_platform.offsets import ZkOffsets
-
     spark = spark or start_spark(settings)
     for name, value in STREAM_SQL_CONF.items():  # also on a session the caller made
         spark.conf.set(name, value)
@@ -599,14 +688,22 @@ def run_stream(
     source = with_first_sightings(read_stream(spark, settings, settings.stream_source, **options))
     report = StreamReport()
     handlers = _install_signal_handlers(stop)
+    lease = None
     try:
+        if settings.stream_region:
+            lease = WriterLease(
+                settings.zookeeper,
+                settings.stream_consumer,
+                settings.stream_region,
+                settings.writer_lease_seconds,
+            )
         with MetricStore(settings.metric_store) as store:
-            zk: ZkOffsets | None = ZkOffsets(settings.zookeeper, settings.stream_consumer)
+            zk: ZkOffsets | None = ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer)
 
             def commit(offsets: dict[int, int]) -> None:
                 nonlocal zk
                 if zk is None:
-                    zk = ZkOffsets(settings.zookeeper, settings.stream_consumer)
+                    zk = ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer)
                 try:
                     zk.commit(settings.kafka_topic, offsets)
                 except ExpoError:
@@ -616,7 +713,7 @@ def run_stream(
                     zk = None
                     raise
 
-            sink = MicroBatch(settings, store, commit)
+            sink = MicroBatch(settings, store, commit, lease)
             writing = threading.Lock()  # held while a micro-batch writes
             finished: list[int] = []  # ids of the micro-batches the current query finished
 
@@ -652,9 +749,12 @@ def run_stream(
                         progress(
                             f"stream {settings.kafka_topic}@{settings.kafka_bootstrap} -> "
                             f"{settings.metric_store} (epoch {sink.epoch}, "
-                            f"Spark UI {spark.sparkContext.uiWebUrl})"
+                            + (f"region {settings.stream_region}, " if lease else "")
+                            + f"Spark UI {spark.sparkContext.uiWebUrl})"
                         )
-                    error = _await_query(query, stop, writing, finished)
+                    error = _await_query(
+                        query, stop, writing, finished, lambda: sink.check_lease(spark)
+                    )
                     if stop.is_set():
                         if error is not None and STOP_REQUESTED not in error:
                             log.warning("the query failed while stopping: %s", _gist(error))
@@ -683,6 +783,8 @@ def run_stream(
                 if zk is not None:
                     zk.close()
     finally:
+        if lease is not None:
+            lease.close()
         _restore_signal_handlers(handlers)
     report.stopped_by = report.stopped_by or ("idle" if until_idle else "stopped")
     progress(f"stream stopped ({report.stopped_by}) after {report.batches} micro-batches")
@@ -697,11 +799,19 @@ class _StopRequested(Exception):
 
 
 def _await_query(
-    query: Any, stop: threading.Event, writing: threading.Lock, finished: list[int]
+    query: Any,
+    stop: threading.Event,
+    writing: threading.Lock,
+    finished: list[int],
+    between: Callable[[], None] | None = None,
 ) -> str | None:
-    """Wait until the query ends or a stop is requested; return the query's error, if any."""
+    """Wait until the query ends or a stop is requested; return the query's error, if any.
+
+    Every LEASE_CHECK_S while no micro-batch runs, `between` runs (the writer-lease check).
+    """
     from pyspark.errors import StreamingQueryException
 
+    next_check = time.monotonic() + LEASE_CHECK_S
     while query.isActive:
         if stop.is_set():
             _stop_between_batches(query, writing, finished)
@@ -710,6 +820,15 @@ def _await_query(
             query.awaitTermination(0.5)
         except StreamingQueryException:
             break
+        if between is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + LEASE_CHECK_S
+            if writing.acquire(blocking=False):
+                try:
+                    between()
+                except ExpoError as exc:
+                    log.warning("writer lease check failed, trying again: %s", exc)
+                finally:
+                    writing.release()
     error = query.exception()
     return None if error is None else str(error)
 

@@ -2,9 +2,11 @@
 
 `observe` reads what a tick needs (the application, its jobs of the last 5 minutes, the
 longest running task, the streaming gauges of `/metrics/json`) and the Kafka lag (end
-offsets minus the ZooKeeper offsets). `decide` is a pure function of that observation, the
-thresholds and the state kept between ticks (the sensor's cursor). `LocalLauncher` starts
-and stops the app as a detached local process recorded by pid files.
+offsets minus the ZooKeeper offsets); with a standalone master's UI configured, the app
+itself comes from the master's JSON. `decide` is a pure function of that observation, the
+thresholds and the state kept between ticks (the sensor's cursor). The launchers start and
+stop the app as a detached process recorded by pid files: `LocalLauncher` runs `expo
+stream`, `SparkSubmitLauncher` submits it to the standalone master.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ JOB_WINDOW_S = 300  # failed against succeeded jobs over the last 5 minutes
 REALERT_S = 900  # the same alert again only after 15 minutes
 HTTP_TIMEOUT_S = 5.0
 GAUGE_PREFIX = "expo.driver.spark.streaming.expo_speed."  # spark.metrics.namespace=expo
+STREAM_APP_NAME = "expo-stream"  # spark.app.name of the streaming app (stream_spark_config)
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,39 @@ def observe_ui(ui: str, now: float) -> Observation:
     app = apps[0]
     obs.app_id = app["id"]
     obs.app_running = not all(a.get("completed") for a in app.get("attempts", []))
+    _driver_figures(base, obs, now)
+    return obs
+
+
+def master_app(status: dict, name: str = STREAM_APP_NAME) -> tuple[str | None, bool]:
+    """The newest application called `name` in a standalone master's JSON, as (id, running):
+    an active one (running, or waiting for cores) before a completed one; (None, False)
+    when the master has none."""
+    for key, running in (("activeapps", True), ("completedapps", False)):
+        apps = [a for a in status.get(key) or [] if a.get("name") == name]
+        if apps:
+            return max(apps, key=lambda a: a.get("starttime", 0))["id"], running
+    return None, False
+
+
+def observe_master(master_ui: str, driver_ui: str, now: float) -> Observation:
+    """The app from the standalone master's JSON at `master_ui`; its jobs, tasks and gauges
+    from the driver's Spark UI at `driver_ui` while it runs."""
+    obs = Observation()
+    status = services.master_status(master_ui, HTTP_TIMEOUT_S)
+    if status is None:
+        obs.error = f"http://{master_ui}/json/: no answer"
+        return obs
+    obs.ui_reachable = True
+    obs.app_id, obs.app_running = master_app(status)
+    if obs.app_running:
+        _driver_figures(f"http://{driver_ui}", obs, now)
+    return obs
+
+
+def _driver_figures(base: str, obs: Observation, now: float) -> None:
+    """Jobs of the last 5 minutes, the longest running task and the streaming gauges of the
+    app `obs.app_id` from the driver's UI at `base`; a failure goes to `obs.error`."""
     api = f"{base}/api/v1/applications/{obs.app_id}"
     try:
         for status in ("failed", "succeeded"):
@@ -214,7 +250,7 @@ def observe_ui(ui: str, now: float) -> Observation:
         gauges = _get(f"{base}/metrics/json").get("gauges", {})
     except (OSError, ValueError, KeyError) as exc:
         obs.error = f"{api}: {exc}"
-        return obs
+        return
     values = {
         k.removeprefix(GAUGE_PREFIX): v.get("value")
         for k, v in gauges.items()
@@ -223,7 +259,6 @@ def observe_ui(ui: str, now: float) -> Observation:
     obs.input_rate = _number(values.get("inputRate-total"))
     obs.processing_rate = _number(values.get("processingRate-total"))
     obs.latency_ms = _number(values.get("latency"))
-    return obs
 
 
 def _number(value: object) -> float | None:
@@ -240,14 +275,19 @@ def kafka_lag(settings: Settings) -> int:
     from expo_platform.offsets import ZkOffsets
 
     ends = topic_end_offsets(settings)
-    with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
+    with ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer) as zk:
         committed = zk.read(settings.kafka_topic)
     return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
 
 
-def observe(settings: Settings, launcher: LocalLauncher | None, now: float) -> Observation:
-    """Everything `decide` needs: the Spark UI, the lag and the launcher's process."""
-    obs = observe_ui(f"127.0.0.1:{settings.stream_ui_port}", now)
+def observe(settings: Settings, launcher: StreamLauncher | None, now: float) -> Observation:
+    """Everything `decide` needs: the Spark UI (and the master's, when configured), the lag
+    and the launcher's process."""
+    driver_ui = f"127.0.0.1:{settings.stream_ui_port}"
+    if settings.spark_master_ui:
+        obs = observe_master(settings.spark_master_ui, driver_ui, now)
+    else:
+        obs = observe_ui(driver_ui, now)
     if launcher is not None:
         obs.process_alive = launcher.alive()
     try:
@@ -257,8 +297,12 @@ def observe(settings: Settings, launcher: LocalLauncher | None, now: float) -> O
     return obs
 
 
-class LocalLauncher:
-    """`expo stream` as a detached local process, recorded in the services folder."""
+class StreamLauncher:
+    """The streaming app as a detached process, recorded in the services folder (pid files
+    `stream.*`), so that any launcher's app can be stopped and checked the same way."""
+
+    execs = False  # the command replaces itself by the process that runs (see start_process)
+    children_first = False  # SIGTERM to its children first (see services.Service.stop)
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
@@ -277,23 +321,78 @@ class LocalLauncher:
         app = self.recorded()
         return app.stop(timeout) if app is not None else False
 
+    def argv(self) -> list[str]:
+        """The command line that starts the app."""
+        raise NotImplementedError
+
+    def launch_env(self) -> dict[str, str]:
+        """Environment the command needs beyond this process's."""
+        return {}
+
     def start(self, timeout: float = 180.0) -> services.Service:
         """Start the app; returns once its Spark UI answers."""
         if self.alive():
             raise ExpoError("the streaming app is already running; stop it first")
-        expo = Path(sys.executable).parent / "expo"
-        env = {"PYSPARK_PYTHON": sys.executable, **self.env}
+        argv = self.argv()
+        env = {"PYSPARK_PYTHON": sys.executable, **self.launch_env(), **self.env}
         return services.start_process(
             services.STREAM,
             self.folder,
-            [sys.executable, str(expo), "stream"],  # as /proc shows it: pid checks match
+            argv,
             port=self.settings.stream_ui_port,
             env=env,
             timeout=timeout,
+            execs=self.execs,
+            children_first=self.children_first,
         )
 
 
-def restart(launcher: LocalLauncher) -> tuple[bool, services.Service]:
+class LocalLauncher(StreamLauncher):
+    """`expo stream` as a local background process."""
+
+    def argv(self) -> list[str]:
+        expo = Path(sys.executable).parent / "expo"
+        return [sys.executable, str(expo), "stream"]  # as /proc shows it: pid checks match
+
+
+class SparkSubmitLauncher(StreamLauncher):
+    """`spark-submit --master spark://... --deploy-mode client cli.py stream`: the driver
+    runs here, the executors on the standalone cluster of EXPO_SPARK_MASTER."""
+
+    execs = True  # spark-submit execs the JVM (SparkSubmit), whose child is the Python driver
+    children_first = True  # SIGTERM to the Python driver: the micro-batch finishes
+
+    def argv(self) -> list[str]:
+        master = self.settings.spark_master
+        if not master.startswith("spark://"):
+            raise ExpoError(
+                f"EXPO_STREAM_LAUNCHER=spark-submit needs EXPO_SPARK_MASTER=spark://host:port, "
+                f"not {master!r}"
+            )
+        return [
+            str(services.spark_home() / "bin" / "spark-submit"),
+            "--master",
+            master,
+            "--deploy-mode",
+            "client",
+            "--name",
+            STREAM_APP_NAME,
+            str(Path(__file__).with_name("cli.py")),
+            "stream",
+        ]
+
+    def launch_env(self) -> dict[str, str]:
+        return {**services.spark_env(), "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
+def stream_launcher(settings: Settings, env: dict[str, str] | None = None) -> StreamLauncher:
+    """The launcher that EXPO_STREAM_LAUNCHER selects."""
+    if settings.stream_launcher == "spark-submit":
+        return SparkSubmitLauncher(settings, env)
+    return LocalLauncher(settings, env)
+
+
+def restart(launcher: StreamLauncher) -> tuple[bool, services.Service]:
     """Stop the old app gracefully if it still runs, then start a new one."""
     started = time.monotonic()
     was_running = launcher.stop()

@@ -11,7 +11,7 @@ from dagster_pyspark import PySparkResource
 from expo_platform.alerts import Alert, Channels, send
 from expo_platform.settings import Settings, load_settings
 from expo_platform.store import MetricStore
-from expo_platform.supervision import LocalLauncher
+from expo_platform.supervision import StreamLauncher, stream_launcher
 
 
 class ExpoResource(dg.ConfigurableResource):
@@ -67,11 +67,12 @@ class AlertsResource(dg.ConfigurableResource):
 
 
 class StreamLauncherResource(dg.ConfigurableResource):
-    """Starts and stops the streaming app: a local background process, recorded by pid
-    files in EXPO_SERVICES_DIR, with this process's EXPO_* environment."""
+    """Starts and stops the streaming app, recorded by pid files in EXPO_SERVICES_DIR, with
+    this process's EXPO_* environment: a local background process, or spark-submit to the
+    standalone master (EXPO_STREAM_LAUNCHER)."""
 
-    def launcher(self, settings: Settings) -> LocalLauncher:
-        return LocalLauncher(settings)
+    def launcher(self, settings: Settings) -> StreamLauncher:
+        return stream_launcher(settings)
 
 
 def _secret(name: str):

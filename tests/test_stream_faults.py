@@ -64,6 +64,7 @@ PARTITIONS = 4
 MAX_OFFSETS = 1500  # the same in every run: three micro-batches over the whole topic
 TRIGGER_SECONDS = 5
 OUTAGE_SECONDS = 15
+LEASE_SECONDS = 6  # ZooKeeper session timeout of a region: how long a dead writer holds on
 RUN_TIMEOUT = 300.0  # one app through the whole topic, on a busy 2-core machine
 FIRST_BATCH = "0000-00000000"
 SECOND_BATCH = "0000-00000001"
@@ -162,14 +163,29 @@ class Run:
 
 
 class App:
-    """The streaming app of one case: its lake, SQLite store, consumer name; runs in turn."""
+    """The streaming app of one case: its lake, SQLite store, consumer name; runs in turn.
 
-    def __init__(self, kafka: Service, zookeeper: Service, topic: str, folder: Path) -> None:  # noqa: F811
+    With a `region`, one of several apps over the same lake and store (writer fail-over):
+    its own state folder and offsets, writes only while it holds the writer lease.
+    """
+
+    def __init__(
+        self,
+        kafka: Service,  # noqa: F811
+        zookeeper: Service,  # noqa: F811
+        topic: str,
+        folder: Path,
+        region: str = "",
+        max_offsets: int = MAX_OFFSETS,
+    ) -> None:
         self.kafka, self.zookeeper, self.topic, self.folder = kafka, zookeeper, topic, folder
         self.lake = folder / "lake"
         self.store_dir = folder / "store"
         self.store = self.store_dir / "metrics.sqlite"
-        self.consumer = f"{folder.name}-{topic}"
+        self.group = f"{folder.name}-{topic}"
+        self.region, self.max_offsets = region, max_offsets
+        self.consumer = f"{self.group}-{region}" if region else self.group
+        self.stream_dir = self.lake / (f"stream-{region}" if region else "stream")
         self.runs: list[Run] = []
 
     def __enter__(self) -> App:
@@ -189,9 +205,11 @@ class App:
                 "EXPO_KAFKA_BOOTSTRAP": self.kafka.address,
                 "EXPO_KAFKA_TOPIC": self.topic,
                 "EXPO_ZOOKEEPER": self.zookeeper.address,
-                "EXPO_STREAM_CONSUMER": self.consumer,
+                "EXPO_STREAM_CONSUMER": self.group,
+                "EXPO_STREAM_REGION": self.region,
+                "EXPO_WRITER_LEASE_SECONDS": str(LEASE_SECONDS),
                 "EXPO_KAFKA_END_OFFSETS": "probe",
-                "EXPO_STREAM_MAX_OFFSETS": str(MAX_OFFSETS),
+                "EXPO_STREAM_MAX_OFFSETS": str(self.max_offsets),
                 "EXPO_STREAM_WATERMARK_MINUTES": "30",
                 "EXPO_STREAM_TRIGGER_SECONDS": str(TRIGGER_SECONDS),
                 "EXPO_STREAM_UI_PORT": str(free_port()),
@@ -204,7 +222,7 @@ class App:
     def start(self, *args: str) -> Run:
         """Start `expo stream [args]`; without --until-idle it runs on a processing-time trigger."""
         argv = [sys.executable, "-m", "expo_platform.cli", "stream", *args]
-        run = Run(argv, self.env(), self.folder, f"run{len(self.runs) + 1}")
+        run = Run(argv, self.env(), self.folder, f"{self.region}run{len(self.runs) + 1}")
         self.runs.append(run)
         return run
 
@@ -220,7 +238,7 @@ class App:
 
     def checkpointed(self, kind: str) -> set[int]:
         """Batch ids in the checkpoint's `offsets` (planned) or `commits` (finished) log."""
-        folder = self.lake / "stream" / "checkpoint" / kind
+        folder = self.stream_dir / "checkpoint" / kind
         return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
 
 
@@ -293,9 +311,9 @@ def landed(lake: Path) -> Counter:
     )
 
 
-def quarantined(lake: Path) -> Counter:
+def quarantined(stream_dir: Path) -> Counter:
     """Every raw message in the stream's quarantine (no event time), with how often."""
-    folders = sorted((lake / "stream" / "quarantine").glob("batch=*"))
+    folders = sorted((stream_dir / "quarantine").glob("batch=*"))
     return Counter(raw for f in folders for raw in pq.read_table(f).column("raw").to_pylist())
 
 
@@ -325,7 +343,7 @@ def assert_same_store(app: App, reference: Reference, *, same_boundaries: bool) 
     if same_boundaries:
         assert got.rolling == want.rolling
     assert landed(app.lake) == reference.landed
-    assert quarantined(app.lake) == reference.quarantined
+    assert quarantined(app.stream_dir) == reference.quarantined
     ends = topic_ends(app.kafka, app.topic)
     assert app.committed() == ends
     assert sum(ends.values()) == sum(reference.ends.values())
@@ -383,7 +401,7 @@ def reference(kafka, zookeeper, topic, tmp_path_factory) -> Reference:  # noqa: 
         return Reference(
             views=views,
             landed=landed(app.lake),
-            quarantined=quarantined(app.lake),
+            quarantined=quarantined(app.stream_dir),
             batches=run.done(),
             ends=ends,
             run=run,
@@ -593,3 +611,81 @@ def test_which_query_failures_a_restart_may_cure():
     spark_error = "[UNRESOLVED_COLUMN] A column `x` cannot be resolved.\n=== Streaming Query ==="
     assert not _restartable(spark_error)
     assert _gist(spark_error) == "[UNRESOLVED_COLUMN] A column `x` cannot be resolved."
+
+
+# -- writer fail-over between two regions ---------------------------------------------------
+
+
+def expo_writer(app: App, *args: str) -> str:
+    env = app.env()
+    done = subprocess.run(
+        [sys.executable, "-m", "expo_platform.cli", "writer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def writer_of(app: App) -> str:
+    """The region holding the writer lease, from `expo writer status`."""
+    status = expo_writer(app, "status")
+    return re.search(r"writing (\S+),", status)[1]
+
+
+def written_batches(run: Run) -> int:
+    """Micro-batches the run finished as the writer (a standby's are marked)."""
+    return len(re.findall(r"done in [\d.]+s:", run.log()))
+
+
+@pytest.mark.slow
+def test_writer_fail_over_between_two_regions(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    topic,
+    reference,
+    tmp_path,
+):
+    """Region a writes; `expo writer switch --to b` moves the writes to b; b is killed and a
+    takes the lease back once b's expires. The store and landing zone equal the reference's:
+    no hour missing, nothing counted twice; each region's state saw every message."""
+    small = 300  # more, smaller micro-batches than the reference: time to switch and kill
+    a = App(kafka, zookeeper, topic, tmp_path, region="a", max_offsets=small)
+    b = App(kafka, zookeeper, topic, tmp_path, region="b", max_offsets=small)
+    with a, b:
+        run_a = a.start()
+        wait_until(lambda: writer_of(a) == "a", RUN_TIMEOUT, "region a writing", run_a)
+        run_b = b.start()
+        run_b.wait_for_log(r"batch 0000-00000001 done in [\d.]+s \(standby\)")
+        assert "(standby)" not in run_a.log(), run_a.tail()
+        assert written_batches(run_b) == 0
+
+        out = expo_writer(a, "switch", "--to", "b")
+        assert "preferred writer" in out and ": b " in out, out
+        wait_until(lambda: writer_of(a) == "b", 60, "region b writing", run_b)
+        run_a.wait_for_log("writes handed over to region b", timeout=30)
+        # b writes a micro-batch of its own, then dies holding the lease.
+        wait_until(lambda: written_batches(run_b) > 0, RUN_TIMEOUT, "a batch written by b", run_b)
+        assert "took over the writes" in run_b.log()
+        assert a.committed() != topic_ends(kafka, topic), "the traffic ended before the kill"
+        run_b.kill9()
+        killed = time.monotonic()
+        wait_until(lambda: writer_of(a) == "a", 60, "region a writing again", run_a)
+        taken_after = time.monotonic() - killed
+        # The lease outlives its dead holder by the session timeout, not much longer.
+        assert LEASE_SECONDS - 1 <= taken_after <= LEASE_SECONDS + 20, taken_after
+        wait_until(
+            lambda: run_a.log().count("took over the writes") == 2, 60, "a's take-over", run_a
+        )
+        a.wait_caught_up(run_a)
+        run_a.terminate()
+        assert run_a.wait(120) == 0, run_a.tail()
+        after = run_a.log().split("took over the writes")[-1]
+        assert re.search(r"done in [\d.]+s:", after), "no batch written after the take-over"
+        assert a.committed() == topic_ends(kafka, topic)
+        # The store, the landing zone (every message once) and a's quarantine are those of
+        # the uninterrupted reference run; b quarantined what it read before it died.
+        assert_same_store(a, reference, same_boundaries=False)
+        assert quarantined(b.stream_dir) <= reference.quarantined

@@ -17,12 +17,12 @@ from expo_platform.generator import GeneratorConfig, iter_lines
 from expo_platform.hours import parse_hour
 from expo_platform.offsets import ZkOffsets
 from expo_platform.producer import produce_lines
-from expo_platform.services import ensure_topic, free_port
+from expo_platform.services import ensure_topic
 from expo_platform.settings import load_settings
 from expo_platform.supervision import LocalLauncher, observe_ui
-from sensors.supervisor import streaming_supervisor
 from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
 from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from tests.helpers import stream_env, supervisor_tick, wait
 
 LINES = [
     line
@@ -32,26 +32,11 @@ LINES = [
 ]
 
 
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-
-
 def _kill(launcher: LocalLauncher, settings) -> None:
     """kill -9 the app and its JVM (its process group), as a crash would."""
     os.killpg(launcher.recorded().pid, signal.SIGKILL)
     ui = f"127.0.0.1:{settings.stream_ui_port}"
-    _wait(lambda: not launcher.alive() and not observe_ui(ui, 0).ui_reachable, 60, "the app to go")
-
-
-def _tick(defs, instance, cursor=None):
-    names = ("alerts", "stream_launcher", "expo")
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={n: defs.resources[n] for n in names}
-    )
-    return streaming_supervisor(context), context.cursor
+    wait(lambda: not launcher.alive() and not observe_ui(ui, 0).ui_reachable, 60, "the app to go")
 
 
 @pytest.mark.slow
@@ -67,20 +52,8 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
     ensure_topic(kafka.address, topic, 2)
     produce_lines(kafka.address, topic, LINES)
     env = {
-        "EXPO_LAKE": str(tmp_path / "lake"),
-        "EXPO_METRIC_STORE": f"sqlite:///{tmp_path / 'metrics.sqlite'}",
-        "EXPO_SERVICES_DIR": str(tmp_path / "services"),
-        "EXPO_KAFKA_BOOTSTRAP": kafka.address,
-        "EXPO_KAFKA_TOPIC": topic,
-        "EXPO_ZOOKEEPER": zookeeper.address,
-        "EXPO_STREAM_CONSUMER": f"c-{topic}",
-        "EXPO_KAFKA_END_OFFSETS": "probe",
-        "EXPO_STREAM_TRIGGER_SECONDS": "5",
-        "EXPO_STREAM_UI_PORT": str(free_port()),
+        **stream_env(tmp_path, kafka, zookeeper, topic, mailbox, webhook),
         "EXPO_RESTARTS_PER_HOUR": "1",
-        "EXPO_ALERT_SMTP": mailbox.address,
-        "EXPO_ALERT_EMAIL_TO": "oncall@example.com",
-        "EXPO_ALERT_WEBHOOK_URL": webhook.url,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -95,20 +68,20 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
             with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
                 return sum(zk.read(topic).values()) == len(LINES)
 
-        _wait(caught_up, 180, "the app to commit every offset")
+        wait(caught_up, 180, "the app to commit every offset")
         seen = observe_ui(f"127.0.0.1:{settings.stream_ui_port}", time.time())
         assert seen.ui_reachable and seen.app_running and seen.app_id
         assert seen.succeeded_jobs > 0 and seen.failed_jobs == 0
 
         with dg.DagsterInstance.ephemeral() as instance:
-            result, cursor = _tick(defs, instance)
+            result, cursor = supervisor_tick(defs, instance)
             assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok")
             state = json.loads(cursor)
             assert state["action"] == "ok" and state["seen"]["lag"] == 0
             assert state["seen"]["app_id"] == seen.app_id
 
             _kill(launcher, settings)
-            request, cursor = _tick(defs, instance, cursor)
+            request, cursor = supervisor_tick(defs, instance, cursor)
             assert isinstance(request, dg.RunRequest), request
             assert "absent or finished" in request.tags["expo/reasons"]
 
@@ -125,7 +98,7 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
 
             # The budget (one restart an hour) is spent: the next death only alerts.
             _kill(launcher, settings)
-            result, cursor = _tick(defs, instance, cursor)
+            result, cursor = supervisor_tick(defs, instance, cursor)
             assert isinstance(result, dg.SkipReason)
             assert "restart budget of 1 per hour exhausted" in result.skip_message
             mailbox.wait_for(2)
