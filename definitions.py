@@ -15,7 +15,12 @@ from sensors.schedules import (
     hourly_ingest_schedule,
     metrics_after_ingest,
 )
-from sensors.supervisor import alert_on_run_failure, restart_streaming_job, streaming_supervisor
+from sensors.supervisor import (
+    alert_on_failed_check,
+    alert_on_run_failure,
+    restart_streaming_job,
+    streaming_supervisor,
+)
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -38,6 +43,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             late_data_sensor,
             streaming_supervisor,
             alert_on_run_failure,
+            alert_on_failed_check,
         ],
         resources=build_resources(settings),
     )

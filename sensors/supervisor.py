@@ -1,4 +1,4 @@
-"""Operations: the streaming supervisor, its restart job, and alerts on failed runs.
+"""Operations: the streaming supervisor, its restart job, and alerts on failed runs and checks.
 
 The rules live in `expo_platform.supervision`; this module only wires them into Dagster.
 """
@@ -8,6 +8,7 @@ import time
 
 import dagster as dg
 
+from assets.batch import experiment_metrics
 from expo_platform.alerts import Alert
 from expo_platform.settings import Settings, load_settings
 from expo_platform.supervision import State, Thresholds, decide, observe, restart
@@ -129,3 +130,52 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsReso
             {"run_id": run.run_id, "job": run.job_name, "partition": partition or "-"},
         )
     )
+
+
+# A failed blocking check fails its run, which `alert_on_run_failure` reports; these do not.
+NON_BLOCKING_CHECKS = [spec.key for spec in experiment_metrics.check_specs if not spec.blocking]
+CHECK_HISTORY = 100  # newest evaluations read per check and tick
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Alerts once per tick on non-blocking asset checks that failed since the last.",
+)
+def alert_on_failed_check(context: dg.SensorEvaluationContext, alerts: AlertsResource):
+    seen = int(context.cursor or 0)
+    failed = [
+        record
+        for key in NON_BLOCKING_CHECKS
+        for record in context.instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=CHECK_HISTORY
+        )
+        if record.id > seen and record.status.value == "FAILED"
+    ]
+    if not failed:
+        return dg.SkipReason(f"no failed check since record {seen}")
+    failed.sort(key=lambda r: r.id)
+    lines = []
+    for record in failed:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        note = (evaluation.description if evaluation else None) or "failed"
+        partition = record.partition or _run_partition(context.instance, record.run_id)
+        lines.append(f"{record.key.to_user_string()} [{partition}]: {note}")
+    checks = sorted({r.key.name for r in failed})
+    outcome = alerts.send(
+        Alert(
+            f"{len(failed)} asset check(s) failed: {', '.join(checks)}",
+            "\n".join(lines),
+            "warning",
+            {"runs": ", ".join(sorted({r.run_id for r in failed}))},
+        )
+    )
+    context.log.info(f"alerted on {len(failed)} failed check(s): {outcome}")
+    context.update_cursor(str(failed[-1].id))
+    return dg.SkipReason(f"alerted on {len(failed)} failed check(s)")
+
+
+def _run_partition(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The partition of a run ('-' for none): check records of an asset's own checks omit it."""
+    run = instance.get_run_by_id(run_id)
+    return (run.tags.get("dagster/partition") if run else None) or "-"

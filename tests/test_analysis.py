@@ -24,7 +24,10 @@ from expo_platform.hours import parse_hour
 from expo_platform.scorecards import VISITOR_METRICS
 from expo_platform.settings import load_settings
 from expo_platform.store import MetricStore, Point
+from resources import AlertsResource
 from sensors.batch_runner import run_batch
+from sensors.supervisor import alert_on_failed_check
+from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
 from tests.test_batch_layer import PROJECT
 
 DAY = date(2026, 3, 2)
@@ -155,6 +158,37 @@ def test_reconciliation_check_reports_the_drift(analysed):
     metadata = evaluation.metadata
     assert metadata["drift_orders"].value == pytest.approx(0.1, abs=1e-6)
     assert metadata["drift_visits"].value == 0.0
+
+
+def test_a_failed_reconciliation_check_is_alerted_once(analysed, mailbox, webhook):  # noqa: F811
+    _, _, instance = analysed
+    alerts = AlertsResource(
+        smtp=mailbox.address, mail_to="oncall@example.com", webhook_url=webhook.url
+    )
+
+    def tick(cursor):
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"alerts": alerts}
+        )
+        return alert_on_failed_check(context), context.cursor
+
+    _, cursor = tick(None)
+    (message,) = mailbox.wait_for(1)
+    # Of the four evaluations of 22:00 and its neighbours, only the one with speed points 10%
+    # off failed; metric_sanity passed everywhere.
+    assert message["Subject"] == (
+        "[expo warning] 1 asset check(s) failed: speed_batch_reconciliation"
+    )
+    text = message.get_payload(decode=True).decode().replace("\r\n", "\n")
+    assert text.startswith(
+        "experiment_metrics:speed_batch_reconciliation [2026-03-02-22]: over 2.00%: orders\n"
+    )
+    (body,) = webhook.bodies
+    assert "speed_batch_reconciliation" in body["text"]
+    # The next tick has nothing new to say.
+    result, again = tick(cursor)
+    assert again == cursor and isinstance(result, dg.SkipReason)
+    assert len(mailbox.wait_for(2, timeout=1.0)) == 1
 
 
 def test_expo_scorecard_command(analysed, capsys, monkeypatch):

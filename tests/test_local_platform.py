@@ -64,6 +64,8 @@ def test_up_starts_everything_and_down_stops_it(tmp_path):
         # EXPO_SUPERVISE=on: the supervisor runs, as do the other sensors.
         assert sensors["streaming_supervisor"] == "RUNNING"
         assert sensors["late_data_sensor"] == "RUNNING"
+        assert sensors["alert_on_run_failure"] == "RUNNING"
+        assert sensors["alert_on_failed_check"] == "RUNNING"
         again = _local("up", env, dagster_port)  # idempotent: nothing new starts
         assert "(started)" not in again
     finally:
