@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers of `make test` (the suite mostly waits on services); 0: one process
+TEST_WORKERS ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
@@ -34,7 +36,7 @@ demo: deps
 	@$(PY) -m expo_platform.demo
 
 test: deps
-	@$(VENV)/bin/pytest
+	@$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
