@@ -19,7 +19,11 @@ def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
 
     Every hour's metrics see the next hour's sessions (one extra hour is sessionized).
     """
-    sessions, by_hour = chain_sessions(spark, beacons, hours + 1)
+    return hourly_values(*chain_sessions(spark, beacons, hours + 1), hours)
+
+
+def hourly_values(sessions: list, by_hour: dict, hours: int) -> list[dict]:
+    """Each of hours 0..hours-1's metric values from chained sessions (one hour more)."""
     out = []
     for h in range(hours):
         if not by_hour[h]:
@@ -95,11 +99,11 @@ def test_a_visit_lasts_less_than_12_hours(spark):
     beacons[1] = b(at(0, 40), "order", order=first)
     beacons[25] = b(at(12, 40), "order", order=first)  # the same order_id in the new visit
     beacons.append(b(at(12, 5)))  # the old visit's last beacon, in the hour of the cut
-    hours = run_hours(spark, beacons, 14)
+    sessions, by_hour = chain_sessions(spark, beacons, 15)  # sessionized once, for both
+    hours = hourly_values(sessions, by_hour, 14)
     assert [metric(h, "visits") for h in hours] == [1.0] + [0.0] * 11 + [1.0, 0.0]
     assert [metric(h, "orders") for h in hours] == [1.0] + [0.0] * 11 + [1.0, 0.0]
     assert sum(metric(h, "page_views") for h in hours) == 27.0
-    sessions, _ = chain_sessions(spark, beacons, 14)
     assert {r["visit_id"] for r in union(sessions).collect()} == {
         f"s1#{at(0, 10)}",
         f"s1#{at(12, 10)}",
