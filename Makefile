@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# pytest-xdist workers of `make test` (the suite mostly waits on services); 0: one process
+# pytest-xdist workers of `make test`, a test file each; 0 runs the suite in one process
 TEST_WORKERS ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
