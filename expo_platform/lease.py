@@ -31,7 +31,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, Zooke
 from kazoo.handlers.threading import KazooTimeoutError
 
 from expo_platform.errors import ExpoError
-from expo_platform.offsets import ROOT, ZkOffsets, ZkSession
+from expo_platform.offsets import ROOT, ZkOffsets, ZkSession, close_client
 
 log = logging.getLogger("expo_platform.lease")
 _kazoo_log = logging.getLogger("expo_platform.lease.kazoo")
@@ -95,8 +95,7 @@ class WriterLease:
             return True
         try:
             self._join()
-            preferred = self.preferred()
-            if preferred not in ("", self.region) and preferred in self.members():
+            if self._another_preferred_runs():
                 return False
             self._client.create(f"{self.root}/lease", self.region.encode(), ephemeral=True)
         except NodeExistsError:
@@ -110,8 +109,7 @@ class WriterLease:
     def should_hand_over(self) -> bool:
         """Another running region is preferred (`expo writer switch`)."""
         try:
-            preferred = self.preferred()
-            return preferred not in ("", self.region) and preferred in self.members()
+            return self._another_preferred_runs()
         except ExpoError as exc:
             log.warning("cannot read the preferred writer: %s", exc)
             return False
@@ -153,11 +151,7 @@ class WriterLease:
 
     def close(self) -> None:
         """Leave: the lease and membership end with the session."""
-        try:
-            self._client.stop()
-            self._client.close()
-        except Exception as exc:  # closing a broken session must not hide the first error
-            log.debug("zookeeper close failed", extra={"error": str(exc)})
+        close_client(self._client)
 
     def __enter__(self) -> WriterLease:
         return self
@@ -173,6 +167,11 @@ class WriterLease:
             log.warning("ZooKeeper session lost: not the writer", extra={"region": self.region})
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended", extra={"region": self.region})
+
+    def _another_preferred_runs(self) -> bool:
+        """A region other than this one is preferred (`expo writer switch`) and running."""
+        preferred = self.preferred()
+        return preferred not in ("", self.region) and preferred in self.members()
 
     def _join(self) -> None:
         """Register as a running region (again, after a lost session)."""

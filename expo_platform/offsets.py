@@ -56,7 +56,7 @@ class ZkSession:
         try:
             self._client.start(timeout=timeout)
         except (KazooTimeoutError, KazooException, OSError) as exc:
-            self._shutdown()
+            close_client(self._client)
             raise ExpoError(
                 f"ZooKeeper at {hosts} is unreachable (no session in {timeout:.0f}s): {exc}"
             ) from None
@@ -84,7 +84,7 @@ class ZkSession:
 
     def close(self) -> None:
         """End the ZooKeeper session."""
-        self._shutdown()
+        close_client(self._client)
 
     def __enter__(self):
         return self
@@ -102,12 +102,14 @@ class ZkSession:
                 f"ZooKeeper at {self.hosts} failed: {type(exc).__name__} {exc}"
             ) from None
 
-    def _shutdown(self) -> None:
-        try:
-            self._client.stop()
-            self._client.close()
-        except Exception as exc:  # closing a broken session must not hide the first error
-            log.debug("zookeeper close failed", extra={"error": str(exc)})
+
+def close_client(client: KazooClient) -> None:
+    """Stop and close a kazoo client; a broken session must not hide the error before it."""
+    try:
+        client.stop()
+        client.close()
+    except Exception as exc:
+        log.debug("zookeeper close failed", extra={"error": str(exc)})
 
 
 class ZkOffsets(ZkSession):

@@ -753,7 +753,11 @@ def run_stream(
                             + f"Spark UI {spark.sparkContext.uiWebUrl})"
                         )
                     error = _await_query(
-                        query, stop, writing, finished, lambda: sink.check_lease(spark)
+                        query,
+                        stop,
+                        writing,
+                        finished,
+                        (lambda: sink.check_lease(spark)) if lease is not None else None,
                     )
                     if stop.is_set():
                         if error is not None and STOP_REQUESTED not in error:
