@@ -57,7 +57,10 @@ def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> 
     classified = bc.classify_hour(
         lake.read_landing(spark, files), int(hour_start_ms(hour) // HOUR_MS)
     )
-    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    # Only the quarantine keeps the raw text: the cache holds it for rejected lines alone.
+    classified = classified.withColumn(
+        "raw", F.when(F.col("reason").isNotNull(), F.col("raw"))
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         lake.write_partition(bc.counted_beacons(classified), settings, "beacons", hour)
         lake.write_partition(bc.rejected_beacons(classified), settings, "beacon_rejects", hour)

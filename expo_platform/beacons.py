@@ -76,36 +76,32 @@ def _is_number(kind: Column) -> Column:
     return _is_integer(kind) | kind.isin("DOUBLE", "FLOAT") | kind.startswith("DECIMAL")
 
 
-def _string_status(v: Column, path: str) -> Column:
-    """Status of a required non-empty string field."""
-    kind = _leaf_kind(path)
-    text = F.try_variant_get(v, path, "string")
+def _string_status(kind: Column, text: Column) -> Column:
+    """Status of a required non-empty string field, from its kind and its text."""
     return (
-        F.when(_absent(kind) | ((kind == "STRING") & (text == "")), _MISSING)
-        .when(kind != "STRING", _BAD)
-        .otherwise(_OK)
+        F.when((kind == "STRING") & (text != ""), _OK)
+        .when(_absent(kind) | (kind == "STRING"), _MISSING)
+        .otherwise(_BAD)
     )
 
 
-def _ts_status(v: Column) -> Column:
+def _ts_status(v: Column, kind: Column, ts: Column) -> Column:
     """Status of `ts`: a JSON integer > 0."""
-    kind = _leaf_kind("$.ts")
+    empty_text = (kind == "STRING") & (F.try_variant_get(v, "$.ts", "string") == "")
     return (
-        F.when(
-            _absent(kind) | ((kind == "STRING") & (F.try_variant_get(v, "$.ts", "string") == "")),
-            _MISSING,
-        )
-        .when(~_is_integer(kind), _BAD)
-        .when(F.try_variant_get(v, "$.ts", "bigint") <= 0, _BAD)
-        .otherwise(_OK)
+        F.when(_is_integer(kind) & (ts > 0), _OK)
+        .when(_absent(kind) | empty_text, _MISSING)
+        .otherwise(_BAD)
     )
 
 
-def _type_status(v: Column) -> Column:
+def _type_status(kind: Column, text: Column) -> Column:
     """Status of `type`: one of BEACON_TYPES."""
-    base = _string_status(v, "$.type")
-    known = F.try_variant_get(v, "$.type", "string").isin(*BEACON_TYPES)
-    return F.when((base == _OK) & ~known, _BAD).otherwise(base)
+    return (
+        F.when((kind == "STRING") & text.isin(*BEACON_TYPES), _OK)
+        .when(_absent(kind) | ((kind == "STRING") & (text == "")), _MISSING)
+        .otherwise(_BAD)
+    )
 
 
 def _experiment_ok(x: Column) -> Column:
@@ -121,24 +117,33 @@ def _experiment_ok(x: Column) -> Column:
     )
 
 
-def _experiments_status(v: Column) -> Column:
+# The kinds of a well-typed `experiments` array: schema_of_variant merges its entries' fields,
+# so one string comparison proves every entry's types; only the empty ids and variants are
+# left to check. Anything else (an empty array, extra fields) takes the entry-by-entry check.
+_TYPED_EXPERIMENTS_KINDS = tuple(
+    f"ARRAY<OBJECT<id: STRING, {q}variant: STRING>>"
+    for q in ("", "qualified: BOOLEAN, ", "qualified: VOID, ")
+)
+
+
+def _experiments_status(v: Column, kind: Column, typed: Column) -> Column:
     """Status of `experiments`: absent, null or an array of well-formed entries."""
-    kind = _kind(v, "$.experiments")
+    non_empty = F.forall(typed, lambda x: (x["id"] != "") & (x["variant"] != ""))
     entries = F.try_variant_get(v, "$.experiments", "array<variant>")
     return (
         F.when(_absent(kind), _OK)
+        .when(kind.isin(*_TYPED_EXPERIMENTS_KINDS) & F.coalesce(non_empty, F.lit(False)), _OK)
         .when(~kind.startswith("ARRAY"), _BAD)
         .when(F.forall(entries, _experiment_ok), _OK)
         .otherwise(_BAD)
     )
 
 
-def _order_status(v: Column) -> Column:
+def _order_status(v: Column, beacon_type: Column) -> Column:
     """Status of `order`, required for order beacons: order_id, revenue >= 0, units >= 0."""
-    is_order = F.try_variant_get(v, "$.type", "string") == "order"
-    kind = _kind(v, "$.order")
     order_id_kind = _leaf_kind("$.order.order_id")
     revenue_kind, units_kind = _leaf_kind("$.order.revenue"), _leaf_kind("$.order.units")
+    # A string order_id implies `order` is an object.
     well_formed = (
         (order_id_kind == "STRING")
         & (F.try_variant_get(v, "$.order.order_id", "string") != "")
@@ -147,25 +152,24 @@ def _order_status(v: Column) -> Column:
         & _is_integer(units_kind)
         & (F.try_variant_get(v, "$.order.units", "bigint") >= 0)
     )
+    kind = _kind(v, "$.order")
     return (
-        F.when(~F.coalesce(is_order, F.lit(False)), _OK)
-        .when(_absent(kind), _MISSING)
-        .when(~kind.startswith("OBJECT"), _BAD)
+        F.when(F.coalesce(beacon_type != "order", F.lit(True)), _OK)
         .when(F.coalesce(well_formed, F.lit(False)), _OK)
+        .when(_absent(kind), _MISSING)
         .otherwise(_BAD)
     )
 
 
-def _perf_status(v: Column) -> Column:
+def _perf_status(v: Column, page_load_ms: Column) -> Column:
     """Status of `perf`: optional object; `page_load_ms`, when present, an integer >= 0."""
     kind, load_kind = _kind(v, "$.perf"), _leaf_kind("$.perf.page_load_ms")
     return (
-        F.when(_absent(kind), _OK)
+        F.when(_is_integer(load_kind) & (page_load_ms >= 0), _OK)
+        .when(_absent(kind), _OK)
         .when(~kind.startswith("OBJECT"), _BAD)
         .when(_absent(load_kind), _OK)
-        .when(~_is_integer(load_kind), _BAD)
-        .when(F.try_variant_get(v, "$.perf.page_load_ms", "bigint") < 0, _BAD)
-        .otherwise(_OK)
+        .otherwise(_BAD)
     )
 
 
@@ -177,19 +181,17 @@ def _first_experiments(entries: Column) -> Column:
     )
 
 
-def _experiments(v: Column) -> Column:
-    entries = F.coalesce(F.try_variant_get(v, "$.experiments", "array<variant>"), F.array())
-    typed = F.transform(
-        entries,
+def _experiments(typed: Column) -> Column:
+    """The beacon's experiments; exact for every valid beacon, whose entries are well-typed."""
+    entries = F.transform(
+        F.coalesce(typed, F.array().cast(EXPERIMENTS_TYPE)),
         lambda x: F.struct(
-            F.try_variant_get(x, "$.id", "string").alias("id"),
-            F.try_variant_get(x, "$.variant", "string").alias("variant"),
-            F.coalesce(F.try_variant_get(x, "$.qualified", "boolean"), F.lit(False)).alias(
-                "qualified"
-            ),
+            x["id"].alias("id"),
+            x["variant"].alias("variant"),
+            F.coalesce(x["qualified"], F.lit(False)).alias("qualified"),
         ),
     )
-    return _first_experiments(typed).cast(EXPERIMENTS_TYPE)
+    return _first_experiments(entries)
 
 
 def _json_text(v: Column, path: str) -> Column:
@@ -198,16 +200,7 @@ def _json_text(v: Column, path: str) -> Column:
 
 
 # Checked in this order, so the detail names the first field that breaks the rule.
-_FIELD_CHECKS = (
-    ("event_id", lambda v: _string_status(v, "$.event_id")),
-    ("visitor_id", lambda v: _string_status(v, "$.visitor_id")),
-    ("session_id", lambda v: _string_status(v, "$.session_id")),
-    ("ts", _ts_status),
-    ("type", _type_status),
-    ("order", _order_status),
-    ("experiments", _experiments_status),
-    ("perf", _perf_status),
-)
+_FIELDS = ("event_id", "visitor_id", "session_id", "ts", "type", "order", "experiments", "perf")
 
 
 def _first_field_with(status: int, statuses: dict[str, Column]) -> Column:
@@ -225,18 +218,47 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
     The output keeps every input column, renames the text to `raw` and adds BEACON_COLUMNS.
     `reason` is the first rejection rule that applies (malformed_json, missing_field,
     bad_field); `wrong_partition` needs the landing hour: see `check_partition`.
+
+    Each value is read once into its typed column. The checks of a well-formed beacon then
+    compare kinds and typed values; the slower entry-by-entry checks run only when those fail.
     """
     parsed = lines.withColumnRenamed(value_col, "raw").withColumn(
         "_v", F.try_parse_json(F.col("raw"))
     )
     v = F.col("_v")
+    # Extraction never fails: a field of the wrong type reads as null or as its cast, and
+    # such a beacon is rejected below; its event_id and ts still help find it in quarantine.
+    typed = {
+        "event_id": F.try_variant_get(v, "$.event_id", "string"),
+        "visitor_id": F.try_variant_get(v, "$.visitor_id", "string"),
+        "session_id": F.try_variant_get(v, "$.session_id", "string"),
+        "ts": F.try_variant_get(v, "$.ts", "bigint"),
+        "type": F.try_variant_get(v, "$.type", "string"),
+        "page": F.try_variant_get(v, "$.page", "string"),
+        "_experiments": F.try_variant_get(v, "$.experiments", EXPERIMENTS_TYPE),
+        "_k_experiments": _kind(v, "$.experiments"),
+        "page_load_ms": F.try_variant_get(v, "$.perf.page_load_ms", "bigint"),
+        "error": _json_text(v, "$.error"),
+    }
     kinds = {_kind_column(path): _kind(v, path) for path in _LEAF_PATHS}
-    parsed = parsed.withColumns(kinds)
-    statuses = {name: check(v) for name, check in _FIELD_CHECKS}
-    parsed = parsed.withColumns({f"_s_{name}": s for name, s in statuses.items()})
-    statuses = {name: F.col(f"_s_{name}") for name in statuses}
-    # A parsed line is an object when its text starts with `{`: cheaper than its schema.
-    is_object = v.isNotNull() & F.col("raw").rlike(r"^[ \t\r\n]*\{")
+    parsed = parsed.withColumns({**typed, **kinds})
+    col = F.col
+    statuses = {
+        "event_id": _string_status(_leaf_kind("$.event_id"), col("event_id")),
+        "visitor_id": _string_status(_leaf_kind("$.visitor_id"), col("visitor_id")),
+        "session_id": _string_status(_leaf_kind("$.session_id"), col("session_id")),
+        "ts": _ts_status(v, _leaf_kind("$.ts"), col("ts")),
+        "type": _type_status(_leaf_kind("$.type"), col("type")),
+        "order": _order_status(v, col("type")),
+        "experiments": _experiments_status(v, col("_k_experiments"), col("_experiments")),
+        "perf": _perf_status(v, col("page_load_ms")),
+    }
+    parsed = parsed.withColumns({f"_s_{name}": statuses[name] for name in _FIELDS})
+    statuses = {name: col(f"_s_{name}") for name in _FIELDS}
+    # A line whose event_id is found is an object; otherwise its text must start with `{`.
+    is_object = v.isNotNull() & (
+        _leaf_kind("$.event_id").isNotNull() | col("raw").rlike(r"^[ \t\r\n]*\{")
+    )
     status_list = F.array(*statuses.values())
     reason = (
         F.when(~is_object, F.lit("malformed_json"))
@@ -248,26 +270,21 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
         .when(reason == "missing_field", _first_field_with(_MISSING, statuses))
         .when(reason == "bad_field", _first_field_with(_BAD, statuses))
     )
-    # Extraction never fails: a field of the wrong type reads as null, and such a beacon
-    # is rejected anyway; its event_id and ts still help find it in the quarantine.
-    is_order = F.try_variant_get(v, "$.type", "string") == "order"
-    typed = {
-        "event_id": F.try_variant_get(v, "$.event_id", "string"),
-        "visitor_id": F.try_variant_get(v, "$.visitor_id", "string"),
-        "session_id": F.try_variant_get(v, "$.session_id", "string"),
-        "ts": F.try_variant_get(v, "$.ts", "bigint"),
-        "type": F.try_variant_get(v, "$.type", "string"),
-        "page": F.try_variant_get(v, "$.page", "string"),
-        "experiments": _experiments(v),
-        # `order` is ignored unless the beacon is an order.
-        "order_id": F.when(is_order, F.try_variant_get(v, "$.order.order_id", "string")),
-        "revenue": F.when(is_order, F.try_variant_get(v, "$.order.revenue", "double")),
-        "units": F.when(is_order, F.try_variant_get(v, "$.order.units", "bigint")),
-        "page_load_ms": F.try_variant_get(v, "$.perf.page_load_ms", "bigint"),
-        "error": _json_text(v, "$.error"),
-    }
-    out = parsed.withColumns({**typed, "reason": reason, "detail": detail})
-    return out.drop("_v", *kinds, *[f"_s_{name}" for name in statuses])
+    # `order` is ignored unless the beacon is an order.
+    is_order = col("type") == "order"
+    out = parsed.withColumns(
+        {
+            "experiments": _experiments(col("_experiments")),
+            "order_id": F.when(is_order, F.try_variant_get(v, "$.order.order_id", "string")),
+            "revenue": F.when(is_order, F.try_variant_get(v, "$.order.revenue", "double")),
+            "units": F.when(is_order, F.try_variant_get(v, "$.order.units", "bigint")),
+            "reason": reason,
+            "detail": detail,
+        }
+    )
+    return out.drop(
+        "_v", "_experiments", "_k_experiments", *kinds, *[f"_s_{name}" for name in _FIELDS]
+    )
 
 
 def check_partition(beacons: DataFrame, hour_index: int) -> DataFrame:

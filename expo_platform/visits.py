@@ -66,165 +66,197 @@ def open_visits(previous: DataFrame, hour_start_ms: int) -> DataFrame:
     return previous.where(F.col("last_ts") >= F.lit(hour_start_ms - VISIT_GAP_MS))
 
 
-def assign_visits(beacons: DataFrame, carried: DataFrame) -> DataFrame:
-    """Give each beacon its visit: `visit_id`, `visit_seq` and the carried state of the visit.
+# What a carried visit brings into the hour: its id, start, visitor, count, counted orders
+# and the populations it has already started.
+_CARRY = {
+    "visit_id": "visit_id",
+    "first_ts": "first_ts",
+    "visitor_id": "visitor_id",
+    "count": "beacon_count",
+    "order_ids": "order_ids",
+    "populations": "populations",
+}
 
-    `carried` holds sessions rows of visits open at the hour's start; each enters the
-    ordering as one pseudo-beacon at its last ts, so a beacon within 35 minutes joins it.
+
+def assign_visits(beacons: DataFrame, carried: DataFrame) -> DataFrame:
+    """Give each beacon its `visit_seq` in its session, `carry` and `order_counted`.
+
+    One sort by (session_id, ts, event_id); every step after it is a window over that same
+    order, so Spark sorts once. `carried` holds sessions rows of visits open at the hour's
+    start; each enters the order as one pseudo-beacon at its last ts, ahead of every beacon
+    of the hour, so the first run of beacons within 35 minutes of it continues it. `carry`
+    is that visit's state on the beacons that continue it, and null elsewhere.
     """
     carry_rows = carried.select(
         "session_id",
         F.col("last_ts").alias("ts"),
         F.lit(True).alias("is_carry"),
-        F.col("visit_id").alias("carry_visit_id"),
-        F.col("first_ts").alias("carry_first_ts"),
-        F.col("visitor_id").alias("carry_visitor_id"),
-        F.col("beacon_count").alias("carry_count"),
-        F.col("order_ids").alias("carry_order_ids"),
-        F.col("populations").alias("carry_populations"),
+        F.struct(*[F.col(c).alias(name) for name, c in _CARRY.items()]).alias("_carry"),
     )
     rows = beacons.withColumn("is_carry", F.lit(False)).unionByName(
         carry_rows, allowMissingColumns=True
     )
     in_session = Window.partitionBy("session_id").orderBy("ts", "event_id")
+    so_far = in_session.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    before = in_session.rowsBetween(Window.unboundedPreceding, -1)
     gap = F.col("ts") - F.lag("ts").over(in_session)
     starts = F.when(gap.isNull() | (gap > VISIT_GAP_MS), 1).otherwise(0)
-    rows = rows.withColumn("visit_seq", F.sum(starts).over(in_session))
+    rows = rows.withColumns(
+        {
+            "_run": F.sum(starts).over(so_far),
+            # The newest carried visit so far: it precedes every beacon of the session.
+            "_carry": F.last("_carry", ignorenulls=True).over(so_far),
+        }
+    )
     # A run of this hour spans under an hour, so only a carried visit can reach 12 hours,
     # and at most once per hour: its beacons from first_ts + 12 h on are a new visit.
-    in_run = Window.partitionBy("session_id", "visit_seq")
-    run_first_ts = F.first("carry_first_ts", ignorenulls=True).over(in_run)
-    too_long = F.coalesce(F.col("ts") >= run_first_ts + VISIT_MAX_MS, F.lit(False))
-    rows = rows.withColumn("visit_seq", F.col("visit_seq") * 2 + too_long.cast("int"))
-
-    in_visit = Window.partitionBy("session_id", "visit_seq")
-    carried_state = {
-        name: F.first(name, ignorenulls=True).over(in_visit)
-        for name in (
-            "carry_visit_id",
-            "carry_first_ts",
-            "carry_visitor_id",
-            "carry_count",
-            "carry_order_ids",
-            "carry_populations",
-        )
-    }
-    rows = rows.withColumns(carried_state)
-    # With a carried row present its state wins below, so the first row may be either.
-    first_beacon = F.min_by(F.struct("ts", "visitor_id"), F.struct("ts", "event_id")).over(in_visit)
-    first_ts = F.coalesce(F.col("carry_first_ts"), first_beacon["ts"])
-    new_beacons = F.count(F.when(~F.col("is_carry"), 1)).over(in_visit)
+    in_carried_run = (F.col("_run") == 1) & F.col("_carry").isNotNull()
+    too_long = in_carried_run & (F.col("ts") >= F.col("_carry.first_ts") + VISIT_MAX_MS)
+    rows = rows.withColumns(
+        {
+            "visit_seq": F.col("_run") * 2 + too_long.cast("int"),
+            "carry": F.when(in_carried_run & ~too_long, F.col("_carry")),
+        }
+    )
+    # An order counts once per visit: the first beacon of its order_id, unless carried.
+    is_order = (F.col("type") == "order") & ~F.col("is_carry")
+    visit_order = F.struct("visit_seq", "order_id")
+    earlier_orders = F.collect_set(F.when(is_order, visit_order)).over(before)
+    counted = (
+        is_order
+        & ~F.array_contains(earlier_orders, visit_order)
+        & ~F.coalesce(F.array_contains(F.col("carry.order_ids"), F.col("order_id")), F.lit(False))
+    )
     return (
-        rows.withColumns(
-            {
-                "visit_first_ts": first_ts,
-                "visit_id": F.coalesce(
-                    F.col("carry_visit_id"),
-                    F.concat(F.col("session_id"), F.lit("#"), first_ts.cast("string")),
-                ),
-                "visit_visitor_id": F.coalesce(
-                    F.col("carry_visitor_id"), first_beacon["visitor_id"]
-                ),
-                "visit_beacon_count": F.coalesce(F.col("carry_count"), F.lit(0)) + new_beacons,
-                "carry_order_ids": F.coalesce(
-                    F.col("carry_order_ids"), F.array().cast("array<string>")
-                ),
-                "carry_populations": F.coalesce(
-                    F.col("carry_populations"), F.array().cast(f"array<{POPULATION_TYPE}>")
-                ),
-                "continued": F.col("carry_visit_id").isNotNull(),
-            }
-        )
+        rows.withColumn("order_counted", F.coalesce(counted, F.lit(False)))
         .where(~F.col("is_carry"))
-        .drop("is_carry", "carry_visit_id", "carry_first_ts", "carry_visitor_id", "carry_count")
+        .drop("is_carry", "_run", "_carry")
     )
 
 
-def mark_counted_orders(visited: DataFrame) -> DataFrame:
-    """`order_counted`: an order beacon that is the first of its order_id in its visit."""
-    same_order = Window.partitionBy("session_id", "visit_seq", "order_id").orderBy("ts", "event_id")
-    first_in_visit = F.row_number().over(same_order) == 1
-    is_counted = (
-        (F.col("type") == "order")
-        & first_in_visit
-        & ~F.array_contains(F.col("carry_order_ids"), F.col("order_id"))
-    )
-    return visited.withColumn("order_counted", F.coalesce(is_counted, F.lit(False)))
+_SUMMED = tuple(f for f in FACT_FIELDS if f not in ("visit_starts", "bounce_candidates"))
 
 
-def population_facts(visited: DataFrame) -> DataFrame:
-    """One row per (visit, population, beacon visitor) with the hour's sums."""
-    rows = visited.select("*", F.explode(populations(F.col("experiments"))).alias("p")).select(
-        "*", "p.experiment", "p.variant", "p.population"
-    )
-    key = F.struct("experiment", "variant", "population")
-    first_in_population = Window.partitionBy(
-        "session_id", "visit_seq", "experiment", "variant", "population"
-    ).orderBy("ts", "event_id")
-    starts_visit = (F.row_number().over(first_in_population) == 1) & ~F.array_contains(
-        F.col("carry_populations"), key.cast(POPULATION_TYPE)
-    )
+def beacon_groups(visited: DataFrame) -> DataFrame:
+    """Sums per (visit, beacon visitor, experiments): the beacons of a visit mostly share one
+    experiments list, so exploding populations after this is far cheaper than before it."""
     is_page_view = F.col("type") == "page_view"
     counted = F.col("order_counted")
     has_load = is_page_view & F.col("page_load_ms").isNotNull()
-    rows = rows.withColumns(
+    contributions = {
+        "page_views": is_page_view.cast("bigint"),
+        "orders": counted.cast("bigint"),
+        "units": F.when(counted, F.col("units")).otherwise(0),
+        "revenue": F.when(counted, F.col("revenue")).otherwise(0.0),
+        "errors": (F.col("type") == "error").cast("bigint"),
+        "page_load_ms_sum": F.when(has_load, F.col("page_load_ms")).otherwise(0),
+        "page_load_ms_count": has_load.cast("bigint"),
+    }
+    return visited.groupBy("session_id", "visit_seq", "visitor_id", "experiments").agg(
+        *[F.sum(value).alias(name) for name, value in contributions.items()],
+        F.count(F.lit(1)).alias("beacons"),
+        F.min(F.struct("ts", "event_id")).alias("first_key"),
+        F.max("ts").alias("last_ts"),
+        F.collect_set(F.when(counted, F.col("order_id"))).alias("order_ids"),
+        F.first("carry", ignorenulls=True).alias("carry"),
+    )
+
+
+def visit_rows(groups: DataFrame) -> DataFrame:
+    """One row per visit with beacons in the hour: its state at the hour's end and its facts.
+
+    Sums per (visit, population, beacon visitor), then per visit; every aggregation is keyed
+    by (session_id, visit_seq, ...), so all reuse the sessionizing shuffle. A group without
+    experiments keeps one row with a null population: it still counts for its visit's state;
+    `_pos` 0 or null marks the one row of each group that counts its beacons. A population's
+    visit start goes to the fact of its first beacon; bounce candidates are the page views
+    of a visit of one beacon.
+    """
+    visit = ["session_id", "visit_seq"]
+    rows = groups.select(
+        "*", F.posexplode_outer(populations(F.col("experiments"))).alias("_pos", "p")
+    ).select("*", "p.experiment", "p.variant", "p.population")
+    once = F.coalesce(F.col("_pos"), F.lit(0)) == 0
+    per_population = rows.groupBy(*visit, "experiment", "variant", "population", "visitor_id").agg(
+        *[F.sum(name).alias(name) for name in _SUMMED],
+        F.sum(F.when(once, F.col("beacons"))).alias("beacons"),
+        F.min("first_key").alias("first_key"),
+        F.min(F.struct("first_key.ts", "first_key.event_id", "visitor_id")).alias("first_beacon"),
+        F.max("last_ts").alias("last_ts"),
+        F.array_distinct(F.flatten(F.collect_list("order_ids"))).alias("order_ids"),
+        F.first("carry", ignorenulls=True).alias("carry"),
+    )
+    has_population = F.col("population").isNotNull()
+    population = F.struct("experiment", "variant", "population").cast(POPULATION_TYPE)
+    fact = F.struct("experiment", "variant", "population", "visitor_id", "first_key", *_SUMMED)
+    no_populations = F.array().cast(f"array<{POPULATION_TYPE}>")
+    visits = per_population.groupBy(*visit).agg(
+        F.first("carry", ignorenulls=True).alias("carry"),
+        F.min("first_beacon").alias("first_beacon"),
+        F.sum("beacons").alias("new_beacons"),
+        F.max("last_ts").alias("last_ts"),
+        F.array_distinct(F.flatten(F.collect_list("order_ids"))).alias("new_order_ids"),
+        F.collect_set(F.when(has_population, population)).alias("new_populations"),
+        F.collect_list(F.when(has_population, fact)).alias("_facts"),
+    )
+    carry = F.col("carry")
+    first_ts = F.coalesce(carry["first_ts"], F.col("first_beacon.ts"))
+    visits = visits.withColumns(
         {
-            "page_views": is_page_view.cast("bigint"),
-            "visit_starts": starts_visit.cast("bigint"),
-            # Final only once the next hour shows whether the visit went on.
-            "bounce_candidates": (is_page_view & (F.col("visit_beacon_count") == 1)).cast("bigint"),
-            "orders": counted.cast("bigint"),
-            "units": F.when(counted, F.col("units")).otherwise(0),
-            "revenue": F.when(counted, F.col("revenue")).otherwise(0.0),
-            "errors": (F.col("type") == "error").cast("bigint"),
-            "page_load_ms_sum": F.when(has_load, F.col("page_load_ms")).otherwise(0),
-            "page_load_ms_count": has_load.cast("bigint"),
+            "visit_id": F.coalesce(
+                carry["visit_id"],
+                F.concat(F.col("session_id"), F.lit("#"), first_ts.cast("string")),
+            ),
+            "visitor_id": F.coalesce(carry["visitor_id"], F.col("first_beacon.visitor_id")),
+            "first_ts": first_ts,
+            "beacon_count": F.coalesce(carry["count"], F.lit(0)) + F.col("new_beacons"),
+            "continued": carry.isNotNull(),
+            "order_ids": F.array_union(
+                F.coalesce(carry["order_ids"], F.array().cast("array<string>")),
+                F.col("new_order_ids"),
+            ),
+            "_carried_populations": F.coalesce(carry["populations"], no_populations),
         }
     )
-    return rows.groupBy("visit_id", "experiment", "variant", "population", "visitor_id").agg(
-        *[F.sum(name).alias(name) for name in FACT_FIELDS]
+    return visits.withColumns(
+        {
+            "populations": F.array_union("_carried_populations", "new_populations"),
+            "facts": F.transform("_facts", _final_fact).cast(f"array<{FACT_TYPE}>"),
+        }
     )
 
 
-def visit_states(visited: DataFrame) -> DataFrame:
-    """One row per visit with beacons in the hour: its state at the hour's end."""
-    counted_order = F.when(F.col("order_counted"), F.col("order_id"))
-    return visited.groupBy("visit_id").agg(
-        F.first("session_id").alias("session_id"),
-        F.first("visit_visitor_id").alias("visitor_id"),
-        F.first("visit_first_ts").alias("first_ts"),
-        F.max("ts").alias("last_ts"),
-        F.first("visit_beacon_count").alias("beacon_count"),
-        F.first("continued").alias("continued"),
-        F.array_union(F.first("carry_order_ids"), F.collect_set(counted_order)).alias("order_ids"),
-        F.array_union(
-            F.first("carry_populations"),
-            F.array_distinct(F.flatten(F.collect_list(populations(F.col("experiments"))))),
-        ).alias("populations"),
+def _final_fact(f: Column) -> Column:
+    """A fact with its visit start and bounce candidates, which need the whole visit."""
+    same_population = F.filter(
+        F.col("_facts"),
+        lambda g: (
+            (g["experiment"] == f["experiment"])
+            & (g["variant"] == f["variant"])
+            & (g["population"] == f["population"])
+        ),
+    )
+    key = F.struct(f["experiment"], f["variant"], f["population"]).cast(POPULATION_TYPE)
+    starts = (
+        f["first_key"] == F.array_min(F.transform(same_population, lambda g: g["first_key"]))
+    ) & ~F.array_contains(F.col("_carried_populations"), key)
+    bounces = F.when(F.col("beacon_count") == 1, f["page_views"]).otherwise(0)
+    return F.struct(
+        f["experiment"].alias("experiment"),
+        f["variant"].alias("variant"),
+        f["population"].alias("population"),
+        f["visitor_id"].alias("visitor_id"),
+        f["page_views"].alias("page_views"),
+        starts.cast("bigint").alias("visit_starts"),
+        bounces.alias("bounce_candidates"),
+        *[f[name].alias(name) for name in _SUMMED if name != "page_views"],
     )
 
 
 def build_sessions(beacons: DataFrame, previous: DataFrame, hour_start_ms: int) -> DataFrame:
     """The sessions rows of one hour from its counted beacons and the previous hour's rows."""
-    visited = assign_visits(beacons, open_visits(previous, hour_start_ms)).transform(
-        mark_counted_orders
-    )
-    facts = (
-        population_facts(visited)
-        .groupBy("visit_id")
-        .agg(
-            F.collect_list(
-                F.struct("experiment", "variant", "population", "visitor_id", *FACT_FIELDS)
-            ).alias("facts")
-        )
-    )
-    states = visit_states(visited)
-    no_facts = F.array().cast(f"array<{FACT_TYPE}>")
-    return (
-        states.join(facts, "visit_id", "left")
-        .withColumn("facts", F.coalesce(F.col("facts"), no_facts).cast(f"array<{FACT_TYPE}>"))
-        .select(*SESSIONS_COLUMNS)
-    )
+    visited = assign_visits(beacons, open_visits(previous, hour_start_ms))
+    return visit_rows(beacon_groups(visited)).select(*SESSIONS_COLUMNS)
 
 
 SESSIONS_COLUMNS = [c.strip().split(" ")[0] for c in SESSIONS_SCHEMA.split(", ")]
