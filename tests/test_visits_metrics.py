@@ -197,3 +197,31 @@ def test_sessions_rows_carry_state(spark):
     assert (row1["beacon_count"], row1["continued"], row1["first_ts"]) == (2, True, at(0, 55))
     assert row1["order_ids"] == ["o1"]
     assert rows.where(F.size("facts") > 0).count() == 1
+
+
+def test_after_a_12_hour_cut_the_newer_open_visit_continues(spark):
+    """Hour 12 ends with two open visits of s1: the one cut at 12 hours (last beacon 12:29)
+    and the one the cut started (12:31). A beacon at 13:00:30 is within 35 minutes of both;
+    it continues the newer visit, and the populations it already started count no new start."""
+    pop = ("exp", "A", "assigned")
+    previous = spark.createDataFrame(
+        [
+            (f"s1#{at(0, 30)}", "s1", "v1", at(0, 30), at(12, 29), 25, True, ["o1"], [pop], []),
+            (f"s1#{at(12, 31)}", "s1", "v1", at(12, 31), at(12, 31), 1, False, [], [pop], []),
+        ],
+        SESSIONS_SCHEMA,
+    )
+    hour13 = H0 + timedelta(hours=13)
+    order = {"order_id": "o1", "revenue": 4.0, "units": 1}
+    lines = spark.createDataFrame(
+        [(json.dumps(b(at(13, 0.5), "order", order=order)),)], "value string"
+    )
+    counted = bc.counted_beacons(bc.classify_hour(lines, hour_start_ms(hour13) // HOUR_MS))
+    (row,) = build_sessions(counted, previous, hour_start_ms(hour13)).collect()
+    assert row["visit_id"] == f"s1#{at(12, 31)}"
+    assert (row["continued"], row["first_ts"], row["beacon_count"]) == (True, at(12, 31), 2)
+    assert row["order_ids"] == ["o1"]  # o1 was the other visit's: it counts in this one
+    facts = {(f["experiment"], f["variant"], f["population"]): f for f in row["facts"]}
+    assert (facts[pop]["visit_starts"], facts[pop]["orders"], facts[pop]["revenue"]) == (0, 1, 4.0)
+    qualified = facts[("exp", "A", "qualified")]  # new to this visit in this hour
+    assert (qualified["visit_starts"], qualified["bounce_candidates"]) == (1, 0)
