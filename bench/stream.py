@@ -9,6 +9,7 @@ micro-batch that wrote its metrics, read from the app's progress files.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from expo_platform import services
+from expo_platform.errors import ExpoError
 from expo_platform.generator import GeneratorConfig, iter_lines
 from expo_platform.hours import parse_hour
 from expo_platform.visits import VISIT_GAP_MS
@@ -30,20 +32,27 @@ START = parse_hour("2026-03-02T08")
 
 
 def cached_lines(cache: Path, count: int, seed: int, progress) -> list[str]:
-    """`count` generated lines in time order (a busy day), generated once."""
+    """`count` generated lines in time order (a busy day), generated once.
+
+    A day of the generator gives about 2.7 lines per visitor; it is asked for twice the
+    visitors needed, and a cache file with fewer lines than `count` is generated again, so
+    every rate step has input for its whole duration.
+    """
     path = cache / f"stream-{count}-{seed}.txt"
-    if not path.exists():
-        progress(f"generating {count:,} lines into {path}")
-        config = GeneratorConfig(start=START, hours=24, visitors=max(1000, count // 8), seed=seed)
-        lines = []
-        for _, line, _ in iter_lines(config):
-            lines.append(line)
-            if len(lines) == count:
-                break
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(path)
-    return path.read_text().splitlines()
+    if path.exists():
+        lines = path.read_text().splitlines()
+        if len(lines) >= count:
+            return lines[:count]
+        progress(f"{path} holds {len(lines):,} lines, fewer than {count:,}: generating again")
+    progress(f"generating {count:,} lines into {path}")
+    config = GeneratorConfig(start=START, hours=24, visitors=max(1000, count // 2), seed=seed)
+    lines = list(itertools.islice((line for _, line, _ in iter_lines(config)), count))
+    if len(lines) < count:
+        raise ExpoError(f"the generator gave {len(lines):,} lines, fewer than {count:,}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return lines
 
 
 def produce_paced(bootstrap: str, topic: str, lines: list[str], rate: int, seconds: int) -> int:
@@ -153,7 +162,13 @@ def one_rate(
             "freshness_p99_s": round(max(fresh99) / 1000, 1) if fresh99 else None,
             "state_bytes_per_active_visit": round(state / active) if active else None,
         }
-        result["sustained"] = bool(batches and consumed >= sent and result["max_batch_s"] < trigger)
+        # Sustained: the whole step's input was produced, consumed, and no batch overran.
+        result["sustained"] = bool(
+            batches
+            and sent >= rate * step_seconds
+            and consumed >= sent
+            and result["max_batch_s"] < trigger
+        )
         progress(f"  {result}")
         return result
     finally:
