@@ -28,9 +28,8 @@ venv: $(STAMP)
 
 deps: system venv dagster-home
 
-dagster-home:
-	@mkdir -p $(DAGSTER_HOME)
-	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+dagster-home: venv
+	@$(PY) -m expo_platform.dagster_home
 
 demo: deps
 	@$(PY) -m expo_platform.demo

@@ -7,9 +7,10 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
-from assets.partitions import HOURLY, SPARK_POOL, partition_hour
+from assets.partitions import HOURLY, partition_hour
 from expo_platform import batch, lake
 from expo_platform.beacons import REJECT_REASONS
+from expo_platform.dagster_home import SPARK_POOL
 from expo_platform.hours import hour_iso
 from expo_platform.reconcile import Reconciliation, reconcile_hour
 from expo_platform.spark import quiet

@@ -17,8 +17,6 @@ DAILY = dg.DailyPartitionsDefinition(
     start_date=load_settings().partitions_start.strftime("%Y-%m-%d")
 )
 
-SPARK_POOL = "spark"  # the embedded Derby metastore admits one process: one Spark run at a time
-
 
 def partition_day(context: dg.AssetExecutionContext) -> date:
     """The day of the daily partition being materialized."""

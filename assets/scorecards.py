@@ -4,8 +4,9 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from assets.batch import markdown_table, spark
-from assets.partitions import DAILY, SPARK_POOL, partition_day
+from assets.partitions import DAILY, partition_day
 from expo_platform import batch, daily
+from expo_platform.dagster_home import SPARK_POOL
 from resources import ExpoResource, MetricStoreResource
 
 GROUP = "analysis"

@@ -10,12 +10,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_iso, hour_label, parse_hour
 from expo_platform.logs import configure_logging
@@ -68,20 +68,6 @@ def project_dir() -> Path:
         if (folder / "definitions.py").is_file() and (folder / "workspace.yaml").is_file():
             return folder
     raise ExpoError("cannot find the project (definitions.py): run from it or set EXPO_PROJECT_DIR")
-
-
-def ensure_dagster_home(settings: Settings, project: Path) -> Path:
-    """The settings' Dagster instance folder, with the project's dagster.yaml in it."""
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copy(project / "dagster.yaml", home / "dagster.yaml")
-    return home
-
-
-def prepare_dagster_home(settings: Settings, project: Path) -> None:
-    """Point DAGSTER_HOME at the settings' folder, with the project's dagster.yaml in it."""
-    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(settings, project))
 
 
 def load_orchestration():

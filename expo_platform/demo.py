@@ -76,7 +76,8 @@ def print_summary(rows: list[dict]) -> None:
 
 def run(settings: Settings) -> None:
     """Generate, process and summarize the demo day."""
-    from expo_platform.cli import load_orchestration, prepare_dagster_home
+    from expo_platform.cli import load_orchestration
+    from expo_platform.dagster_home import prepare_dagster_home
     from expo_platform.daily import scorecard_path, trend_report_path
     from expo_platform.generator import GeneratorConfig, write_landing
     from expo_platform.reports import scorecard_text

@@ -62,7 +62,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
         generator = services.start_process(services.GENERATOR, folder, argv)
         say(f"{generator.describe()} (started, {settings.up_rate}/s)")
     if services.DAGSTER not in running:
-        from expo_platform.cli import ensure_dagster_home
+        from expo_platform.dagster_home import ensure_dagster_home
 
         home = ensure_dagster_home(settings, project)
         argv = [

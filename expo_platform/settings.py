@@ -141,6 +141,12 @@ class Settings:
         "minutes after an hour ends before its landing data counts as complete",
         "10",
     )
+    hourly_schedule: str = _setting(
+        "EXPO_HOURLY_SCHEDULE",
+        _choice("running", "stopped"),
+        "state of the hourly ingest schedule when Dagster first loads it (the UI can change it)",
+        "running",
+    )
     shuffle_partitions: int = _setting(
         "EXPO_SHUFFLE_PARTITIONS", _positive_int, "spark.sql.shuffle.partitions", "4"
     )

@@ -18,13 +18,14 @@ def complete_hours(now: datetime, grace: timedelta, count: int) -> list[datetime
 
 
 _GRACE_MINUTES = load_settings().landing_grace_minutes % 60
+_SCHEDULE_STATUS = dg.DefaultScheduleStatus(load_settings().hourly_schedule.upper())
 
 
 @dg.schedule(
     job=hourly_ingest_job,
     cron_schedule=f"{_GRACE_MINUTES} * * * *",
     execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    default_status=_SCHEDULE_STATUS,
     description="Ingests the newest complete hours that are not materialized yet.",
 )
 def hourly_ingest_schedule(context: dg.ScheduleEvaluationContext):

@@ -18,6 +18,7 @@ from scipy import stats as sps
 
 from definitions import build_defs
 from expo_platform import cli, lake
+from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.daily import scorecard_path, trend_report_path
 from expo_platform.generator import GeneratorConfig, write_landing
 from expo_platform.hours import parse_hour
@@ -52,7 +53,7 @@ def analysed(tmp_path_factory, session_lake, spark):
         mp.setenv("DAGSTER_HOME", str(settings.dagster_home))
         mp.setenv("EXPO_LAKE", str(settings.lake))
         mp.setenv("EXPO_METRIC_STORE", settings.metric_store)
-        cli.prepare_dagster_home(settings, PROJECT)
+        prepare_dagster_home(settings, PROJECT)
         defs = build_defs(settings)
         done = run_batch(defs, FIRST, LAST, progress=lambda line: None)
         # The speed layer's view of 22:00: every orders point 10% high.

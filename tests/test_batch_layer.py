@@ -12,7 +12,7 @@ import pytest
 
 from definitions import build_defs
 from expo_platform import lake
-from expo_platform.cli import prepare_dagster_home
+from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_iso, hour_key, hour_start_ms, parse_hour
 from expo_platform.store import MetricStore

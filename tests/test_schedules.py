@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from expo_platform.hours import parse_hour
 from sensors.schedules import complete_hours, hourly_ingest_schedule, metrics_after_ingest
+from tests.helpers import PROJECT
 
 
 def test_complete_hours_respect_the_grace():
@@ -48,3 +52,20 @@ def test_metrics_sensor_requests_the_hour_before():
         request = metrics_after_ingest(context)
     assert request.partition_key == "2026-03-02-04"
     assert request.run_key == "metrics-2026-03-02-04"
+
+
+def test_hourly_schedule_starts_in_the_state_the_settings_give():
+    """EXPO_HOURLY_SCHEDULE decides the schedule's state when Dagster first loads it."""
+    probe = "from sensors.schedules import hourly_ingest_schedule as s; print(s.default_status)"
+    states = {}
+    for setting in ("running", "stopped"):
+        env = {**os.environ, "EXPO_HOURLY_SCHEDULE": setting}
+        done = subprocess.run(
+            [sys.executable, "-c", probe], cwd=PROJECT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        states[setting] = done.stdout.strip()
+    assert states == {
+        "running": "DefaultScheduleStatus.RUNNING",
+        "stopped": "DefaultScheduleStatus.STOPPED",
+    }

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from definitions import build_defs
-from expo_platform import cli
+from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.generator import GeneratorConfig, iter_lines
 from expo_platform.hours import hour_iso, parse_hour
 from expo_platform.metrics import EXPERIMENT_METRICS
@@ -87,7 +87,7 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
 
     # The batch layer over what the stream landed.
     monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
-    cli.prepare_dagster_home(conf, PROJECT)
+    prepare_dagster_home(conf, PROJECT)
     run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
     speed, batch = points(conf, "speed"), points(conf, "batch")
     final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
