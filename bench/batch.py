@@ -79,7 +79,8 @@ class PeakMemory:
 
 def run_spark(data: BatchInput, progress) -> tuple[dict, float, int]:
     """The hourly asset graph (ingest H and H+1, metrics of H) on a fresh lake and store."""
-    from expo_platform.cli import load_orchestration, prepare_dagster_home
+    from expo_platform.cli import load_orchestration
+    from expo_platform.dagster_home import prepare_dagster_home
 
     work = Path(tempfile.mkdtemp(prefix="expo-bench-"))
     settings = load_settings(

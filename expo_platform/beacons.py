@@ -76,21 +76,25 @@ def _is_number(kind: Column) -> Column:
     return _is_integer(kind) | kind.isin("DOUBLE", "FLOAT") | kind.startswith("DECIMAL")
 
 
+def _missing(kind: Column, text: Column) -> Column:
+    """A required field is missing when absent, null or an empty string (METRICS.md 1)."""
+    return _absent(kind) | ((kind == "STRING") & (text == ""))
+
+
 def _string_status(kind: Column, text: Column) -> Column:
     """Status of a required non-empty string field, from its kind and its text."""
     return (
         F.when((kind == "STRING") & (text != ""), _OK)
-        .when(_absent(kind) | (kind == "STRING"), _MISSING)
+        .when(_missing(kind, text), _MISSING)
         .otherwise(_BAD)
     )
 
 
 def _ts_status(v: Column, kind: Column, ts: Column) -> Column:
     """Status of `ts`: a JSON integer > 0."""
-    empty_text = (kind == "STRING") & (F.try_variant_get(v, "$.ts", "string") == "")
     return (
         F.when(_is_integer(kind) & (ts > 0), _OK)
-        .when(_absent(kind) | empty_text, _MISSING)
+        .when(_missing(kind, F.try_variant_get(v, "$.ts", "string")), _MISSING)
         .otherwise(_BAD)
     )
 
@@ -99,7 +103,7 @@ def _type_status(kind: Column, text: Column) -> Column:
     """Status of `type`: one of BEACON_TYPES."""
     return (
         F.when((kind == "STRING") & text.isin(*BEACON_TYPES), _OK)
-        .when(_absent(kind) | ((kind == "STRING") & (text == "")), _MISSING)
+        .when(_missing(kind, text), _MISSING)
         .otherwise(_BAD)
     )
 
@@ -140,17 +144,20 @@ def _experiments_status(v: Column, kind: Column, typed: Column) -> Column:
 
 
 def _order_status(v: Column, beacon_type: Column) -> Column:
-    """Status of `order`, required for order beacons: order_id, revenue >= 0, units >= 0."""
+    """Status of `order`, required for order beacons: order_id, revenue >= 0, units >= 0.
+
+    Reads the typed columns `_order_id`, `_revenue` and `_units` of `parse_beacons`.
+    """
     order_id_kind = _leaf_kind("$.order.order_id")
     revenue_kind, units_kind = _leaf_kind("$.order.revenue"), _leaf_kind("$.order.units")
     # A string order_id implies `order` is an object.
     well_formed = (
         (order_id_kind == "STRING")
-        & (F.try_variant_get(v, "$.order.order_id", "string") != "")
+        & (F.col("_order_id") != "")
         & _is_number(revenue_kind)
-        & (F.try_variant_get(v, "$.order.revenue", "double") >= 0)
+        & (F.col("_revenue") >= 0)
         & _is_integer(units_kind)
-        & (F.try_variant_get(v, "$.order.units", "bigint") >= 0)
+        & (F.col("_units") >= 0)
     )
     kind = _kind(v, "$.order")
     return (
@@ -199,10 +206,6 @@ def _json_text(v: Column, path: str) -> Column:
     return F.to_json(F.variant_get(v, path, "variant"))
 
 
-# Checked in this order, so the detail names the first field that breaks the rule.
-_FIELDS = ("event_id", "visitor_id", "session_id", "ts", "type", "order", "experiments", "perf")
-
-
 def _first_field_with(status: int, statuses: dict[str, Column]) -> Column:
     return F.coalesce(*[F.when(s == status, F.lit(name)) for name, s in statuses.items()])
 
@@ -239,10 +242,15 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
         "_k_experiments": _kind(v, "$.experiments"),
         "page_load_ms": F.try_variant_get(v, "$.perf.page_load_ms", "bigint"),
         "error": _json_text(v, "$.error"),
+        # Read whatever the type; they count only for a valid order beacon.
+        "_order_id": F.try_variant_get(v, "$.order.order_id", "string"),
+        "_revenue": F.try_variant_get(v, "$.order.revenue", "double"),
+        "_units": F.try_variant_get(v, "$.order.units", "bigint"),
     }
     kinds = {_kind_column(path): _kind(v, path) for path in _LEAF_PATHS}
     parsed = parsed.withColumns({**typed, **kinds})
     col = F.col
+    # Checked in this order, so the detail names the first field that breaks the rule.
     statuses = {
         "event_id": _string_status(_leaf_kind("$.event_id"), col("event_id")),
         "visitor_id": _string_status(_leaf_kind("$.visitor_id"), col("visitor_id")),
@@ -253,8 +261,8 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
         "experiments": _experiments_status(v, col("_k_experiments"), col("_experiments")),
         "perf": _perf_status(v, col("page_load_ms")),
     }
-    parsed = parsed.withColumns({f"_s_{name}": statuses[name] for name in _FIELDS})
-    statuses = {name: col(f"_s_{name}") for name in _FIELDS}
+    parsed = parsed.withColumns({f"_s_{name}": status for name, status in statuses.items()})
+    statuses = {name: col(f"_s_{name}") for name in statuses}
     # A line whose event_id is found is an object; otherwise its text must start with `{`.
     is_object = v.isNotNull() & (
         _leaf_kind("$.event_id").isNotNull() | col("raw").rlike(r"^[ \t\r\n]*\{")
@@ -275,16 +283,15 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
     out = parsed.withColumns(
         {
             "experiments": _experiments(col("_experiments")),
-            "order_id": F.when(is_order, F.try_variant_get(v, "$.order.order_id", "string")),
-            "revenue": F.when(is_order, F.try_variant_get(v, "$.order.revenue", "double")),
-            "units": F.when(is_order, F.try_variant_get(v, "$.order.units", "bigint")),
+            "order_id": F.when(is_order, col("_order_id")),
+            "revenue": F.when(is_order, col("_revenue")),
+            "units": F.when(is_order, col("_units")),
             "reason": reason,
             "detail": detail,
         }
     )
-    return out.drop(
-        "_v", "_experiments", "_k_experiments", *kinds, *[f"_s_{name}" for name in _FIELDS]
-    )
+    helpers = ["_v", "_experiments", "_k_experiments", "_order_id", "_revenue", "_units"]
+    return out.drop(*helpers, *kinds, *[f"_s_{name}" for name in statuses])
 
 
 def check_partition(beacons: DataFrame, hour_index: int) -> DataFrame:

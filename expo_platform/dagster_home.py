@@ -71,7 +71,7 @@ def prepare_dagster_home(settings: Settings, project: Path) -> None:
 
 
 def main() -> int:
-    """`python -m expo_platform.dagster_home`: (re)write DAGSTER_HOME from the project (make deps)."""
+    """`python -m expo_platform.dagster_home` (make deps): rewrite DAGSTER_HOME from the project."""
     from expo_platform.cli import project_dir
     from expo_platform.logs import configure_logging
     from expo_platform.settings import load_settings
