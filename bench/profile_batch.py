@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.batch import HOUR, cached_input
+from bench.batch import HOUR, cached_input, tuning_environ
 from expo_platform import batch, lake
 from expo_platform import beacons as bc
 from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_start_ms
@@ -28,7 +28,7 @@ def main() -> None:
     cache = Path(__file__).resolve().parent / ".cache"
     data = cached_input(cache, args.beacons, args.seed, print)
     work = Path(tempfile.mkdtemp(prefix="expo-profile-"))
-    settings = load_settings({}, lake=work / "lake")
+    settings = load_settings(tuning_environ(), lake=work / "lake")
     settings.landing_dir.parent.mkdir(parents=True)
     settings.landing_dir.symlink_to(data.landing, target_is_directory=True)
     spark = get_spark(settings)

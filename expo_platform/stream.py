@@ -61,7 +61,7 @@ from expo_platform.kafka_source import end_offsets_of_batch, read_ranges, read_s
 from expo_platform.lease import WriterLease
 from expo_platform.metrics import EXPERIMENT_METRICS, metrics_of_hour, wide_points
 from expo_platform.offsets import ZkOffsets
-from expo_platform.settings import Settings
+from expo_platform.settings import JIT_OPTIONS, Settings
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
 
@@ -635,7 +635,7 @@ def stream_spark_config(settings: Settings) -> dict[str, str]:
             **STREAM_SQL_CONF,
         }
     )
-    conf.pop("spark.driver.extraJavaOptions", None)
+    conf["spark.driver.extraJavaOptions"] = JIT_OPTIONS  # not the batch layer's Derby home
     conf.update(settings.spark_conf)
     return conf
 

@@ -8,7 +8,8 @@ import pytest
 
 from expo_platform.errors import ExpoError, SettingsError
 from expo_platform.hours import hour_iso, hour_key, hour_range, parse_hour
-from expo_platform.settings import SETTINGS_DOC, load_settings
+from expo_platform.settings import JIT_OPTIONS, SETTINGS_DOC, load_settings
+from expo_platform.stream import stream_spark_config
 
 
 def test_defaults_run_on_one_machine(tmp_path, monkeypatch):
@@ -76,3 +77,14 @@ def test_hours():
     for bad in ("2026-13-01T00", "2026-03-02", "soon", "2026-03-02T24"):
         with pytest.raises(ExpoError, match="not an hour"):
             parse_hour(bad)
+
+
+def test_every_spark_jvm_may_compile_huge_generated_methods(spark, tmp_path):
+    """The batch session's JVM runs with -XX:-DontCompileHugeMethods (validation twice as fast,
+    see the README's benchmarks), and the streaming app and executors get it too."""
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert JIT_OPTIONS in list(runtime.getInputArguments())
+    assert spark.conf.get("spark.sql.execution.useObjectHashAggregateExec") == "false"
+    s = load_settings({"EXPO_LAKE": str(tmp_path / "lake")})
+    assert s.spark_config()["spark.executor.extraJavaOptions"] == JIT_OPTIONS
+    assert stream_spark_config(s)["spark.driver.extraJavaOptions"] == JIT_OPTIONS
