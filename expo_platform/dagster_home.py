@@ -47,7 +47,7 @@ def set_pool_limits(home: Path, limits: dict[str, int] = POOL_LIMITS) -> None:
                 f"could not set the limit of Dagster pool {pool!r} in {home}: "
                 f"{(done.stderr or done.stdout).strip()[-2000:]}"
             )
-        log.info("dagster pool limit set", extra={"pool": pool, "limit": limit, "home": str(home)})
+        log.debug("dagster pool limit set", extra={"pool": pool, "limit": limit, "home": str(home)})
 
 
 def ensure_dagster_home(settings: Settings, project: Path, refresh: bool = False) -> Path:
