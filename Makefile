@@ -29,7 +29,7 @@ venv: $(STAMP)
 deps: system venv dagster-home
 
 dagster-home: venv
-	@$(PY) -m expo_platform.dagster_home
+	@$(PY) -m expo_platform.cli dagster-home
 
 demo: deps
 	@$(PY) -m expo_platform.demo

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from expo_platform.dagster_home import prepare_dagster_home
+from expo_platform.dagster_home import POOL_LIMITS, ensure_dagster_home, prepare_dagster_home
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_iso, hour_label, parse_hour
 from expo_platform.logs import configure_logging
@@ -219,6 +219,11 @@ def cmd_writer(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def cmd_dagster_home(args: argparse.Namespace, settings: Settings) -> None:
+    home = ensure_dagster_home(settings, project_dir(), refresh=True)
+    print(f"Dagster home {home}: dagster.yaml and pool limits {POOL_LIMITS}")
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
     for env, default, doc in SETTINGS_DOC:
         print(f"{env:28} {default!s:34} {doc}")
@@ -280,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("action", choices=("status", "switch"))
     wr.add_argument("--to", metavar="REGION", help="the region that should write, with switch")
     wr.set_defaults(func=cmd_writer)
+
+    dh = sub.add_parser(
+        "dagster-home", help="(re)write DAGSTER_HOME: the project's dagster.yaml, pool limits"
+    )
+    dh.set_defaults(func=cmd_dagster_home)
 
     st = sub.add_parser("settings", help="list the settings and their environment variables")
     st.set_defaults(func=cmd_settings)

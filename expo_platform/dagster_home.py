@@ -68,24 +68,3 @@ def ensure_dagster_home(settings: Settings, project: Path, refresh: bool = False
 def prepare_dagster_home(settings: Settings, project: Path) -> None:
     """Point DAGSTER_HOME at the settings' folder, prepared by `ensure_dagster_home`."""
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(settings, project))
-
-
-def main() -> int:
-    """`python -m expo_platform.dagster_home` (make deps): rewrite DAGSTER_HOME from the project."""
-    from expo_platform.cli import project_dir
-    from expo_platform.logs import configure_logging
-    from expo_platform.settings import load_settings
-
-    settings = load_settings()
-    configure_logging(settings.log_level)
-    try:
-        home = ensure_dagster_home(settings, project_dir(), refresh=True)
-    except ExpoError as exc:
-        print(f"expo: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"Dagster home {home}: dagster.yaml and pool limits {POOL_LIMITS}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

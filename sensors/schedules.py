@@ -17,8 +17,9 @@ def complete_hours(now: datetime, grace: timedelta, count: int) -> list[datetime
     return [newest - ONE_HOUR * back for back in range(count - 1, -1, -1)]
 
 
-_GRACE_MINUTES = load_settings().landing_grace_minutes % 60
-_SCHEDULE_STATUS = dg.DefaultScheduleStatus(load_settings().hourly_schedule.upper())
+_SETTINGS = load_settings()
+_GRACE_MINUTES = _SETTINGS.landing_grace_minutes % 60
+_SCHEDULE_STATUS = dg.DefaultScheduleStatus(_SETTINGS.hourly_schedule.upper())
 
 
 @dg.schedule(
