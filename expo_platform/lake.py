@@ -193,3 +193,17 @@ def remove_partition(settings: Settings, table: str, hour: datetime) -> None:
 def count_rows(df: DataFrame) -> int:
     """Row count of a DataFrame."""
     return df.select(F.count(F.lit(1))).first()[0]
+
+
+def parquet_rows_by_partition(folder: Path) -> dict[str, int]:
+    """Rows per partition value of a folder of `<column>=<value>` Parquet partitions, read
+    from the files' footers (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    return {
+        part.name.split("=", 1)[1]: sum(
+            pq.ParquetFile(f).metadata.num_rows for f in part.glob("*.parquet")
+        )
+        for part in sorted(folder.glob("*=*"))
+        if part.is_dir()
+    }

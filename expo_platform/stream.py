@@ -13,12 +13,14 @@ after a crash rewrites the same files and points:
    arrivals in its RocksDB state store (`dropDuplicatesWithinWatermark`, see
    `with_first_sightings`), and within a batch the first by (ts, raw) counts, as in the batch
    layer;
-3. the counted beacons are kept by hour; the touched hours are sessionized again with
-   `visits.build_sessions` (open visits carried from the hour before) and their metrics
-   recomputed with `metrics.hourly_metrics`, the same functions as the batch layer;
+3. the counted beacons are kept by hour; in the touched hours, the sessions the batch
+   touched are sessionized again with `visits.build_sessions` (open visits carried from
+   the hour before; every other session keeps its rows) and the hours' metrics recomputed
+   with `metrics.hourly_metrics`, the same functions as the batch layer;
 4. rolling 1-hour and 24-hour unique visitors are stamped with the batch's event-time minute;
-5. the progress (newest event time, quality counts) is written, then the Kafka offsets are
-   committed to ZooKeeper: only after every write of the batch has succeeded.
+5. the progress (newest event time, quality counts, seconds per step) is written, then the
+   Kafka offsets are committed to ZooKeeper: only after every write of the batch has
+   succeeded.
 
 Counted beacons and sessions older than RETENTION_HOURS are deleted: no state outlives the
 24-hour lookback of `visitors_24h`.
@@ -34,7 +36,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,15 +113,51 @@ class Progress:
     quality: dict[str, dict[str, int]] = field(default_factory=dict)  # hour key -> counts
     no_event_time: int = 0  # messages quarantined without an hour
     messages: int = 0  # messages of this batch (blank ones aside)
-    batch_seconds: float = 0.0  # from the batch's start to its progress write
+    batch_seconds: float = 0.0  # from the batch's start (its Kafka read) to its progress write
     done_ms: int = 0  # when its metrics were in the store (epoch ms)
     # Kafka timestamps (produce time) of its messages at quantiles 0, 0.01 and 0.5: the
     # freshness of its metrics at percentiles 100, 99 and 50 is done_ms minus these.
     produced_ms: list[int] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step (StepTimes)
 
     def watermark(self, delay_ms: int) -> int | None:
         """Valid beacons with ts below this are late."""
         return None if self.max_ts is None else self.max_ts - delay_ms
+
+
+class StepTimes:
+    """Wall-clock seconds per named step of a micro-batch, summed when a step repeats.
+
+    With a Spark session, the step also names the Spark jobs it runs ("<label>: <step>" in
+    the Spark UI's job descriptions).
+    """
+
+    def __init__(self, label: str = "", spark: SparkSession | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.label = label
+        self.spark = spark
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since the timer was made: the batch's start."""
+        return time.monotonic() - self.started
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        context = self.spark.sparkContext if self.spark is not None else None
+        if context is not None:
+            context.setJobDescription(f"{self.label}: {name}")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 3)
+            if context is not None:
+                context.setJobDescription(None)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={s:.1f}s" for name, s in self.seconds.items())
 
 
 class StreamFiles:
@@ -222,33 +261,38 @@ class MicroBatch:
         # Without a lease the app is the only writer; with one, only while it holds it.
         self.lease = lease
         self.writes = lease is None
+        self.step = StepTimes()  # of the batch in flight
 
     def __call__(self, df: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
         key = f"{self.epoch:04d}-{batch_id:08d}"
+        self.step = StepTimes(f"expo batch {key}", df.sparkSession)
         batch = df.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             # Run the stateful part exactly once per batch, even for a batch without data:
             # the state store's version for this batch id is written by this action.
-            batch.count()
+            with self.step("read_dedup"):
+                batch.count()
             messages = batch.where(F.col(FIRST_SIGHTING).isNull()).drop(FIRST_SIGHTING)
             firsts = batch.where(F.col(FIRST_SIGHTING).isNotNull()).select(
                 F.col(FIRST_SIGHTING).alias("event_id")
             )
-            offsets = end_offsets_of_batch(messages)
+            with self.step("offsets"):
+                offsets = end_offsets_of_batch(messages)
             self.check_lease(messages.sparkSession)
             counts = self.run(messages.sparkSession, messages, key, firsts, offsets)
         finally:
             batch.unpersist()
         if offsets:
-            retry("committing offsets to ZooKeeper", lambda: self.commit_offsets(offsets))
+            with self.step("commit"):
+                retry("committing offsets to ZooKeeper", lambda: self.commit_offsets(offsets))
         log.info(
-            "batch %s done in %.1fs%s: %s; offsets %s",
+            "batch %s done in %.1fs%s: %s; offsets %s; steps %s",
             key,
-            time.monotonic() - started,
+            self.step.elapsed(),
             "" if self.writes else " (standby)",
             " ".join(f"{k}={v}" for k, v in counts.items()),
             offsets,
+            self.step,
         )
 
     def check_lease(self, spark: SparkSession) -> None:
@@ -282,18 +326,19 @@ class MicroBatch:
         `firsts` holds the `event_id`s this batch saw first (none earlier within 12 hours);
         `ends` the next offset per partition after the batch (for the landed offsets).
         """
-        started = time.monotonic()
         previous = self.files.progress_before(key)
         parsed = _parsed(messages).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             progress, counts = self._run(spark, parsed, key, previous, firsts, ends or {})
         finally:
             parsed.unpersist()
-        produced = messages.agg(
-            F.percentile_approx(F.unix_millis(F.col("timestamp")), list(PRODUCED_QUANTILES))
-        ).first()[0]
+        with self.step("produced_time"):
+            produced = messages.agg(
+                F.percentile_approx(F.unix_millis(F.col("timestamp")), list(PRODUCED_QUANTILES))
+            ).first()[0]
         progress.produced_ms = [int(v) for v in produced or []]
-        progress.batch_seconds = round(time.monotonic() - started, 3)
+        progress.steps = dict(self.step.seconds)  # up to here: commit comes after the write
+        progress.batch_seconds = round(self.step.elapsed(), 3)
         progress.done_ms = int(time.time() * 1000)
         self.files.write_progress(progress)
         return counts
@@ -308,8 +353,10 @@ class MicroBatch:
         ends: dict[int, int],
     ) -> tuple[Progress, dict[str, int]]:
         if self.writes:
-            self._land(parsed, key, ends)
-        self._quarantine(parsed, key)
+            with self.step("land"):
+                self._land(parsed, key, ends)
+        with self.step("quarantine"):
+            self._quarantine(parsed, key)
         watermark = previous.watermark(self.watermark_ms)
         valid = F.col("reason").isNull()
         late = valid & (F.col("ts") < F.lit(watermark)) if watermark is not None else F.lit(False)
@@ -318,10 +365,11 @@ class MicroBatch:
             F.when(late, F.lit("late")).otherwise(F.col("reason")),
         )
         on_time = classified.where(F.col("reason").isNull())
-        hours = [
-            parse_hour(r[0]) for r in on_time.select("hourly_partitioner").distinct().collect()
-        ]
-        earlier = self._earlier_epochs_event_ids(spark, hours)
+        with self.step("hours"):
+            hours = [
+                parse_hour(r[0]) for r in on_time.select("hourly_partitioner").distinct().collect()
+            ]
+            earlier = self._earlier_epochs_event_ids(spark, hours)
         checked = (
             bc.mark_duplicates(on_time)
             .join(firsts.withColumn("_first", F.lit(True)), "event_id", "left")
@@ -336,14 +384,18 @@ class MicroBatch:
         ).drop("_first", "_earlier")
         counted = checked.where(F.col("reason").isNull())
         # The batch's folder is replaced as a whole (static overwrite writes its _SUCCESS).
-        counted.select(*bc.BEACON_COLUMNS, "hourly_partitioner").write.mode("overwrite").option(
-            "partitionOverwriteMode", "static"
-        ).partitionBy("hourly_partitioner").parquet(str(self.files.beacons_dir / f"batch={key}"))
-
-        batch_counts = self._quality(classified, checked)
-        # The watermark follows each batch's 99th percentile of event time, not its maximum:
-        # one beacon from a clock hours ahead must not make a batch of on-time ones late.
-        newest = on_time.agg(F.percentile("ts", WATERMARK_QUANTILE).cast("long")).first()[0]
+        folder = self.files.beacons_dir / f"batch={key}"
+        with self.step("counted_write"):
+            writer = counted.select(*bc.BEACON_COLUMNS, "hourly_partitioner").write
+            writer.mode("overwrite").option("partitionOverwriteMode", "static").partitionBy(
+                "hourly_partitioner"
+            ).parquet(str(folder))
+        with self.step("quality"):
+            batch_counts = self._quality(classified, folder)
+            # The watermark follows each batch's 99th percentile of event time, not its
+            # maximum: one beacon from a clock hours ahead must not make a batch of on-time
+            # ones late.
+            newest = on_time.agg(F.percentile("ts", WATERMARK_QUANTILE).cast("long")).first()[0]
         known = [v for v in (previous.max_ts, newest) if v is not None]
         message_count = sum(c["beacons_total"] for c in batch_counts.values())
         progress = Progress(
@@ -353,12 +405,15 @@ class MicroBatch:
             quality=self._add_quality(previous.quality, batch_counts),
             no_event_time=previous.no_event_time + batch_counts.pop("", Counter())["beacons_total"],
         )
-        self._write_quality(progress, set(batch_counts))
+        with self.step("quality"):
+            self._write_quality(progress, set(batch_counts))
         if hours:
             self._recompute(spark, min(hours), key)
         if progress.max_ts is not None and self.writes:
-            self._rolling(spark, progress.max_ts, key)
-        self._expire(progress)
+            with self.step("rolling"):
+                self._rolling(spark, progress.max_ts, key)
+        with self.step("expire"):
+            self._expire(progress)
         return progress, {
             "messages": message_count,
             "no_event_time": progress.no_event_time - previous.no_event_time,
@@ -448,21 +503,29 @@ class MicroBatch:
         return beacons.select("event_id").distinct()
 
     @staticmethod
-    def _quality(classified: DataFrame, checked: DataFrame) -> dict[str, Counter]:
-        """Per hour key ("" for no event time): counts of this batch by metric."""
+    def _quality(classified: DataFrame, counted_folder: Path) -> dict[str, Counter]:
+        """Per hour key ("" for no event time): counts of this batch by metric.
+
+        Counted beacons are the rows of the batch's folder (from the Parquet footers, so the
+        de-duplication is not computed twice); the on-time beacons not counted are duplicates.
+        """
         out: dict[str, Counter] = {}
-        reasons = (
-            classified.where(F.col("reason").isNotNull())
-            .groupBy(F.coalesce("hourly_partitioner", F.lit("")).alias("h"), "reason")
-            .count()
-        )
+        reasons = classified.groupBy(
+            F.coalesce("hourly_partitioner", F.lit("")).alias("h"), "reason"
+        ).count()
         for r in reasons.collect():
-            metric = "beacons_late" if r["reason"] == "late" else f"beacons_rejected_{r['reason']}"
+            reason = r["reason"]
+            metric = (
+                "beacons_duplicate"  # for now: on time; the counted ones move to valid below
+                if reason is None
+                else "beacons_late"
+                if reason == "late"
+                else f"beacons_rejected_{reason}"
+            )
             out.setdefault(r["h"], Counter())[metric] += r["count"]
-        counted = checked.groupBy("hourly_partitioner", "reason").count()
-        for r in counted.collect():
-            metric = "beacons_duplicate" if r["reason"] else "beacons_valid"
-            out.setdefault(r["hourly_partitioner"], Counter())[metric] += r["count"]
+        for hour, rows in lake.parquet_rows_by_partition(counted_folder).items():
+            out[hour]["beacons_valid"] += rows
+            out[hour]["beacons_duplicate"] -= rows
         for counts in out.values():
             counts["beacons_total"] = sum(v for k, v in counts.items() if k != "beacons_total")
         return out
@@ -507,24 +570,50 @@ class MicroBatch:
     def _recompute(self, spark: SparkSession, first: datetime, key: str) -> None:
         """Sessionize from `first` to the newest hour again, then rewrite their metrics."""
         newest = self.files.hours_with_beacons(key)[-1]
-        for hour in hour_range(first, newest):
-            paths = self.files.beacon_paths(hour, key)
-            target = self.files.session_path(hour)
-            if paths:
-                beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
-                rows = build_sessions(
-                    beacons, self._sessions(spark, [hour - ONE_HOUR]), hour_start_ms(hour)
-                )
-                tmp = self.files.tmp_dir / f"sessions-{key}"
-                rows.write.mode("overwrite").parquet(str(tmp))
-                shutil.rmtree(target, ignore_errors=True)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, target)
-            else:
-                shutil.rmtree(target, ignore_errors=True)
+        with self.step("sessions"):
+            self._sessionize(spark, hour_range(first, newest), key)
         # An hour's bounces depend on the next hour: the hour before `first` changes too.
         if self.writes:
-            self._publish(spark, hour_range(first - ONE_HOUR, newest))
+            with self.step("metrics"):
+                self._publish(spark, hour_range(first - ONE_HOUR, newest))
+
+    def _sessionize(self, spark: SparkSession, hours: list[datetime], key: str) -> None:
+        """Sessions rows of these hours, in order, after batch `key` counted its beacons.
+
+        Only the sessions the batch touched are sessionized again: a session's rows in hour H
+        follow from its beacons in H and its rows in H - 1, so they change only if the batch
+        counted a beacon of it in H or an earlier hour. The rows of every other session are
+        kept as they are. The result equals sessionizing the whole hour, at the cost of a
+        scan of the hour's beacons instead of a sort of them all.
+        """
+        own = self.files.beacons_dir / f"batch={key}"
+        touched_paths: list[Path] = []
+        for hour in hours:
+            paths = self.files.beacon_paths(hour, key)
+            target = self.files.session_path(hour)
+            if not paths:
+                shutil.rmtree(target, ignore_errors=True)
+                continue
+            if (own / f"hourly_partitioner={hour_key(hour)}").is_dir():
+                touched_paths.append(own / f"hourly_partitioner={hour_key(hour)}")
+            if not touched_paths:
+                continue  # every on-time beacon of the batch in this hour was a duplicate
+            touched = F.broadcast(
+                lake.read_folders(spark, touched_paths, bc.BEACON_SCHEMA)
+                .select("session_id")
+                .distinct()
+            )
+            beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
+            rows = build_sessions(
+                beacons.join(touched, "session_id", "left_semi"),
+                self._sessions(spark, [hour - ONE_HOUR]).join(touched, "session_id", "left_semi"),
+                hour_start_ms(hour),
+            ).unionByName(self._sessions(spark, [hour]).join(touched, "session_id", "left_anti"))
+            tmp = self.files.tmp_dir / f"sessions-{key}"
+            rows.write.mode("overwrite").parquet(str(tmp))
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
 
     def _publish(self, spark: SparkSession, hours: list[datetime]) -> None:
         """Write the experiment metrics of these hours from the stream's sessions."""

@@ -311,3 +311,22 @@ def test_gzipped_landing_files_are_read(batch_env, spark):
     counts = process_beacons(spark, settings, H0).counts
     assert counts["files"] == 2
     assert (counts["beacons_total"], counts["beacons_valid"]) == (6, 3)
+
+
+def test_rows_per_partition_come_from_the_parquet_footers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(hour: str, name: str, rows: int) -> None:
+        folder = tmp_path / f"hourly_partitioner={hour}"
+        folder.mkdir(exist_ok=True)
+        pq.write_table(pa.table({"event_id": [f"e-{i}" for i in range(rows)]}), folder / name)
+
+    write("2026-03-02-12", "part-00000.snappy.parquet", 3)
+    write("2026-03-02-13", "part-00000.snappy.parquet", 1)
+    write("2026-03-02-13", "part-00001.snappy.parquet", 4)
+    (tmp_path / "_SUCCESS").touch()
+    (tmp_path / "hourly_partitioner=2026-03-02-13" / ".part-00000.crc").touch()
+
+    assert lake.parquet_rows_by_partition(tmp_path) == {"2026-03-02-12": 3, "2026-03-02-13": 5}
+    assert lake.parquet_rows_by_partition(tmp_path / "missing") == {}

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -22,13 +23,16 @@ from expo_platform.offsets import ZkOffsets
 from expo_platform.producer import produce_lines
 from expo_platform.services import ensure_topic
 from expo_platform.store import MetricStore
-from expo_platform.stream import StreamFiles, run_stream
+from expo_platform.stream import StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
 from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
 from tests.test_batch_layer import PROJECT
 
 START = parse_hour("2026-03-02T10")
 EXPO = str(Path(sys.executable).with_name("expo"))
+
+
+STEPS = ("read_dedup", "land", "counted_write", "quality", "sessions", "metrics", "rolling")
 
 
 def stream_settings(settings, kafka, zookeeper, topic, **overrides):  # noqa: F811
@@ -122,6 +126,15 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     assert abs(got - exact) / exact <= 0.02
     files = StreamFiles(conf)
     assert files.epoch() == 0
+
+    # Each batch's progress says where its time went, from its Kafka read on.
+    batches = [json.loads(p.read_text()) for p in sorted(files.progress_dir.glob("*.json"))]
+    with_messages = [b for b in batches if b["messages"]]
+    assert len(with_messages) == report.batches
+    for b in with_messages:
+        assert set(STEPS) <= set(b["steps"]), b["steps"]
+        assert all(seconds >= 0 for seconds in b["steps"].values())
+        assert b["batch_seconds"] >= sum(b["steps"].values()) - 0.01
 
 
 def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing_twice(
@@ -247,3 +260,20 @@ def test_expo_generate_produces_live_traffic(kafka):  # noqa: F811
     for partition in (0, 1):  # in event-time order within each partition
         times = [json.loads(m.value())["ts"] for m in records if m.partition() == partition]
         assert times == sorted(times)
+
+
+def test_step_times_add_up_repeated_steps_and_time_a_failing_one():
+    steps = StepTimes()
+    with steps("sessions"):
+        time.sleep(0.05)
+    with steps("sessions"):
+        time.sleep(0.05)
+    with pytest.raises(ValueError), steps("metrics"):
+        time.sleep(0.02)
+        raise ValueError("store down")
+    # Sleeps never end early; the upper bounds only catch a timer that does not reset.
+    assert 0.1 <= steps.seconds["sessions"] < 5
+    assert 0.02 <= steps.seconds["metrics"] < 5
+    assert list(steps.seconds) == ["sessions", "metrics"]
+    assert steps.elapsed() >= steps.seconds["sessions"] + steps.seconds["metrics"]
+    assert str(steps) == " ".join(f"{k}={v:.1f}s" for k, v in steps.seconds.items())
