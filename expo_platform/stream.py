@@ -83,6 +83,7 @@ STREAM_QUALITY = (
     "beacons_late",
     *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
 )
+JOB_DESCRIPTION = "spark.job.description"  # what the Spark UI shows for a job
 DEDUP_STATE_HOURS = 12  # how long the query's state remembers an event_id after it arrived
 FIRST_SIGHTING = "first_sighting"  # the column that tells the state's rows from messages
 PRODUCED_QUANTILES = (0.0, 0.01, 0.5)  # of Kafka timestamps, for freshness (see Progress)
@@ -145,7 +146,9 @@ class StepTimes:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         context = self.spark.sparkContext if self.spark is not None else None
+        before = None
         if context is not None:
+            before = context.getLocalProperty(JOB_DESCRIPTION)
             context.setJobDescription(f"{self.label}: {name}")
         started = time.perf_counter()
         try:
@@ -154,7 +157,7 @@ class StepTimes:
             spent = time.perf_counter() - started
             self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 3)
             if context is not None:
-                context.setJobDescription(None)  # type: ignore[arg-type]
+                context.setLocalProperty(JOB_DESCRIPTION, before)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
         return " ".join(f"{name}={s:.1f}s" for name, s in self.seconds.items())
@@ -392,6 +395,7 @@ class MicroBatch:
             ).parquet(str(folder))
         with self.step("quality"):
             batch_counts = self._quality(classified, folder)
+        with self.step("watermark"):
             # The watermark follows each batch's 99th percentile of event time, not its
             # maximum: one beacon from a clock hours ahead must not make a batch of on-time
             # ones late.
@@ -408,7 +412,10 @@ class MicroBatch:
         with self.step("quality"):
             self._write_quality(progress, set(batch_counts))
         if hours:
-            self._recompute(spark, min(hours), key)
+            # Every on-time beacon's session, duplicates too: a beacon that an earlier epoch
+            # counted (`_earlier_epochs_event_ids`) may be missing from that epoch's visits.
+            touched = on_time.select("hourly_partitioner", "session_id").distinct()
+            self._recompute(spark, min(hours), key, touched)
         if progress.max_ts is not None and self.writes:
             with self.step("rolling"):
                 self._rolling(spark, progress.max_ts, key)
@@ -567,53 +574,70 @@ class MicroBatch:
         paths = [p for h in hours if (p := self.files.session_path(h)).is_dir()]
         return lake.read_folders(spark, paths, SESSIONS_SCHEMA)
 
-    def _recompute(self, spark: SparkSession, first: datetime, key: str) -> None:
+    def _recompute(
+        self, spark: SparkSession, first: datetime, key: str, touched: DataFrame
+    ) -> None:
         """Sessionize from `first` to the newest hour again, then rewrite their metrics."""
         newest = self.files.hours_with_beacons(key)[-1]
         with self.step("sessions"):
-            self._sessionize(spark, hour_range(first, newest), key)
+            self._sessionize(spark, hour_range(first, newest), key, touched)
         # An hour's bounces depend on the next hour: the hour before `first` changes too.
         if self.writes:
             with self.step("metrics"):
                 self._publish(spark, hour_range(first - ONE_HOUR, newest))
 
-    def _sessionize(self, spark: SparkSession, hours: list[datetime], key: str) -> None:
+    def _sessionize(
+        self, spark: SparkSession, hours: list[datetime], key: str, touched: DataFrame
+    ) -> None:
         """Sessions rows of these hours, in order, after batch `key` counted its beacons.
 
-        Only the sessions the batch touched are sessionized again: a session's rows in hour H
-        follow from its beacons in H and its rows in H - 1, so they change only if the batch
-        counted a beacon of it in H or an earlier hour. The rows of every other session are
-        kept as they are. The result equals sessionizing the whole hour, at the cost of a
-        scan of the hour's beacons instead of a sort of them all.
+        `touched` holds (hourly_partitioner, session_id) of the batch's on-time beacons. Only
+        those sessions are sessionized again: a session's rows in hour H follow from its
+        beacons in H and its rows in H - 1, so they change only if the batch has a beacon of
+        it in H or an earlier hour. Every other session keeps its rows. The result equals
+        sessionizing the whole hour, at the cost of a scan of the hour's beacons instead of a
+        sort of them all. An hour without a sessions folder is sessionized whole.
         """
-        own = self.files.beacons_dir / f"batch={key}"
-        touched_paths: list[Path] = []
         for hour in hours:
             paths = self.files.beacon_paths(hour, key)
             target = self.files.session_path(hour)
             if not paths:
                 shutil.rmtree(target, ignore_errors=True)
                 continue
-            if (own / f"hourly_partitioner={hour_key(hour)}").is_dir():
-                touched_paths.append(own / f"hourly_partitioner={hour_key(hour)}")
-            if not touched_paths:
-                continue  # every on-time beacon of the batch in this hour was a duplicate
-            touched = F.broadcast(
-                lake.read_folders(spark, touched_paths, bc.BEACON_SCHEMA)
-                .select("session_id")
-                .distinct()
-            )
             beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
-            rows = build_sessions(
-                beacons.join(touched, "session_id", "left_semi"),
-                self._sessions(spark, [hour - ONE_HOUR]).join(touched, "session_id", "left_semi"),
-                hour_start_ms(hour),
-            ).unionByName(self._sessions(spark, [hour]).join(touched, "session_id", "left_anti"))
-            tmp = self.files.tmp_dir / f"sessions-{key}"
-            rows.write.mode("overwrite").parquet(str(tmp))
-            shutil.rmtree(target, ignore_errors=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
+            carried = self._sessions(spark, [hour - ONE_HOUR])
+            if target.is_dir():
+                sessions = F.broadcast(
+                    touched.where(F.col("hourly_partitioner") <= hour_key(hour))
+                    .select("session_id")
+                    .distinct()
+                )
+                rows = build_sessions(
+                    beacons.join(sessions, "session_id", "left_semi"),
+                    carried.join(sessions, "session_id", "left_semi"),
+                    hour_start_ms(hour),
+                ).unionByName(
+                    self._sessions(spark, [hour]).join(sessions, "session_id", "left_anti")
+                )
+            else:
+                rows = build_sessions(beacons, carried, hour_start_ms(hour))
+            self._replace_sessions(rows, target, key)
+
+    def _replace_sessions(self, rows: DataFrame, target: Path, key: str) -> None:
+        """Write `rows` as the sessions folder `target`; it is never left half deleted.
+
+        The old folder is moved aside in one rename before the new one moves in: a crash in
+        between leaves no folder, and the replayed batch sessionizes that hour whole.
+        """
+        tmp = self.files.tmp_dir / f"sessions-{key}"
+        aside = self.files.tmp_dir / "sessions-old"  # one batch at a time writes sessions
+        shutil.rmtree(aside, ignore_errors=True)
+        rows.write.mode("overwrite").parquet(str(tmp))
+        if target.is_dir():
+            os.replace(target, aside)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def _publish(self, spark: SparkSession, hours: list[datetime]) -> None:
         """Write the experiment metrics of these hours from the stream's sessions."""

@@ -17,7 +17,7 @@ import pytest
 from definitions import build_defs
 from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.hours import hour_iso, parse_hour
+from expo_platform.hours import hour_iso, hour_start_ms, parse_hour
 from expo_platform.metrics import EXPERIMENT_METRICS
 from expo_platform.offsets import ZkOffsets
 from expo_platform.producer import produce_lines
@@ -55,6 +55,25 @@ def points(settings, layer: str) -> dict:
     return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
 
 
+def assert_speed_equals_batch(conf, monkeypatch) -> None:
+    """The batch layer over what the stream landed: hours START and START + 1 (final once
+    the stream has passed START + 2) have the same experiment metrics in both layers."""
+    monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
+    prepare_dagster_home(conf, PROJECT)
+    run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
+    speed, batch = points(conf, "speed"), points(conf, "batch")
+    final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
+    compared = 0
+    for key, value in batch.items():
+        if key[0] in EXPERIMENT_METRICS and key[4] in final_hours:
+            assert speed.get(key) == pytest.approx(value), key
+            compared += 1
+    assert compared > 200
+    assert {k for k in speed if k[0] in EXPERIMENT_METRICS and k[4] in final_hours} == {
+        k for k in batch if k[0] in EXPERIMENT_METRICS and k[4] in final_hours
+    }
+
+
 @pytest.fixture(scope="module")
 def traffic():
     """Three hours of clean generated traffic, in time order."""
@@ -89,21 +108,8 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
         assert sum(zk.read(topic).values()) == len(traffic)
 
-    # The batch layer over what the stream landed.
-    monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
-    prepare_dagster_home(conf, PROJECT)
-    run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
-    speed, batch = points(conf, "speed"), points(conf, "batch")
-    final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
-    compared = 0
-    for key, value in batch.items():
-        if key[0] in EXPERIMENT_METRICS and key[4] in final_hours:
-            assert speed.get(key) == pytest.approx(value), key
-            compared += 1
-    assert compared > 200
-    assert {k for k in speed if k[0] in EXPERIMENT_METRICS and k[4] in final_hours} == {
-        k for k in batch if k[0] in EXPERIMENT_METRICS and k[4] in final_hours
-    }
+    assert_speed_equals_batch(conf, monkeypatch)
+    speed = points(conf, "speed")
     # Data quality of the stream: everything valid, nothing late.
     valid = sum(v for k, v in speed.items() if k[0] == "beacons_valid")
     assert valid == len(traffic)
@@ -135,6 +141,32 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
         assert set(STEPS) <= set(b["steps"]), b["steps"]
         assert all(seconds >= 0 for seconds in b["steps"].values())
         assert b["batch_seconds"] >= sum(b["steps"].values()) - 0.01
+
+
+def test_an_hour_whose_sessions_folder_is_gone_is_sessionized_whole(
+    spark,
+    settings,
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    traffic,
+    monkeypatch,
+):
+    """A batch re-sessionizes only the sessions it touches and keeps the others' rows. A crash
+    between moving an hour's old sessions folder aside and moving the new one in leaves the
+    hour without one: the next batch in that hour must rebuild it from all its beacons."""
+    topic = unique_topic("stream-lost")
+    ensure_topic(kafka.address, topic, 4)
+    conf = stream_settings(settings, kafka, zookeeper, topic)
+    middle = hour_start_ms(START) + 90 * 60_000  # half way through hour START + 1
+    produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] < middle])
+    run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
+    lost = StreamFiles(conf).session_path(START + timedelta(hours=1))
+    assert lost.is_dir()
+    shutil.rmtree(lost)
+
+    produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] >= middle])
+    run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
+    assert_speed_equals_batch(conf, monkeypatch)
 
 
 def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing_twice(
