@@ -517,22 +517,22 @@ class MicroBatch:
         de-duplication is not computed twice); the on-time beacons not counted are duplicates.
         """
         out: dict[str, Counter] = {}
+        on_time: Counter = Counter()  # valid and not late, per hour: counted or duplicate
         reasons = classified.groupBy(
             F.coalesce("hourly_partitioner", F.lit("")).alias("h"), "reason"
         ).count()
         for r in reasons.collect():
-            reason = r["reason"]
-            metric = (
-                "beacons_duplicate"  # for now: on time; the counted ones move to valid below
-                if reason is None
-                else "beacons_late"
-                if reason == "late"
-                else f"beacons_rejected_{reason}"
-            )
-            out.setdefault(r["h"], Counter())[metric] += r["count"]
-        for hour, rows in lake.parquet_rows_by_partition(counted_folder).items():
-            out[hour]["beacons_valid"] += rows
-            out[hour]["beacons_duplicate"] -= rows
+            counts = out.setdefault(r["h"], Counter())
+            if r["reason"] is None:
+                on_time[r["h"]] += r["count"]
+            elif r["reason"] == "late":
+                counts["beacons_late"] += r["count"]
+            else:
+                counts[f"beacons_rejected_{r['reason']}"] += r["count"]
+        counted = lake.parquet_rows_by_partition(counted_folder)
+        for hour, rows in on_time.items():
+            out[hour]["beacons_valid"] += counted.get(hour, 0)
+            out[hour]["beacons_duplicate"] += rows - counted.get(hour, 0)
         for counts in out.values():
             counts["beacons_total"] = sum(v for k, v in counts.items() if k != "beacons_total")
         return out

@@ -55,9 +55,10 @@ def points(settings, layer: str) -> dict:
     return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
 
 
-def assert_speed_equals_batch(conf, monkeypatch) -> None:
+def assert_speed_equals_batch(conf, monkeypatch) -> dict:
     """The batch layer over what the stream landed: hours START and START + 1 (final once
-    the stream has passed START + 2) have the same experiment metrics in both layers."""
+    the stream has passed START + 2) have the same experiment metrics in both layers.
+    Returns the speed layer's points."""
     monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
     prepare_dagster_home(conf, PROJECT)
     run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
@@ -72,6 +73,7 @@ def assert_speed_equals_batch(conf, monkeypatch) -> None:
     assert {k for k in speed if k[0] in EXPERIMENT_METRICS and k[4] in final_hours} == {
         k for k in batch if k[0] in EXPERIMENT_METRICS and k[4] in final_hours
     }
+    return speed
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +110,7 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
         assert sum(zk.read(topic).values()) == len(traffic)
 
-    assert_speed_equals_batch(conf, monkeypatch)
-    speed = points(conf, "speed")
+    speed = assert_speed_equals_batch(conf, monkeypatch)
     # Data quality of the stream: everything valid, nothing late.
     valid = sum(v for k, v in speed.items() if k[0] == "beacons_valid")
     assert valid == len(traffic)
