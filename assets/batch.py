@@ -137,7 +137,8 @@ def data_quality(
     deps=["beacons", dg.AssetDep("sessions", partition_mapping=PREVIOUS_HOUR)],
     description=(
         "Hive external table (ORC, partitioned by hourly_partitioner): one row per visit active "
-        "in the hour, with its carried state and the hour's facts per population."
+        "in the hour, with its carried state and the hour's facts per population; beside it, "
+        "the hour's visitor sketches per experiment key (Parquet, for visitors_24h)."
     ),
 )
 def sessions(

@@ -18,6 +18,7 @@ import psutil
 from bench import duckdb_peer
 from expo_platform.generator import GeneratorConfig, write_landing
 from expo_platform.hours import HOUR_MS, hour_iso, hour_key, hour_start_ms, parse_hour
+from expo_platform.metrics import ALLOWED_ERROR
 from expo_platform.settings import load_settings
 from expo_platform.store import MetricStore
 
@@ -119,7 +120,8 @@ def compare(spark: dict, peer: dict) -> list[str]:
     problems = [f"only in Spark: {k}" for k in sorted(spark.keys() - peer.keys())]
     problems += [f"only in DuckDB: {k}" for k in sorted(peer.keys() - spark.keys())]
     for k in sorted(spark.keys() & peer.keys()):
-        if abs(spark[k] - peer[k]) > 1e-6 * max(1.0, abs(peer[k])):
+        allowed = ALLOWED_ERROR.get(k[0], 1e-6)  # visitors_24h: Spark's is a sketch estimate
+        if abs(spark[k] - peer[k]) > allowed * max(1.0, abs(peer[k])):
             problems.append(f"{k}: Spark {spark[k]} DuckDB {peer[k]}")
     return problems
 

@@ -63,6 +63,18 @@ def main() -> None:
         step("process_metrics", lambda: batch.process_metrics(spark, settings, store, HOUR))
     total = sum(t for name, t in timings[3:])
     print(f"{'asset steps total':<40} {total:8.1f}s  {data.lines / total:,.0f} beacons/s")
+    # In production the 23 hours before H hold a day of traffic, which visitors_24h reads:
+    # every hourly table's partition of H stands in for them (symbolic links), and the
+    # hour's metrics run again.
+    for table in sorted(settings.tables_dir.iterdir()):
+        source = lake.partition_path(settings, table.name, HOUR)
+        for back in range(1, 24) if source.is_dir() else ():
+            lake.partition_path(settings, table.name, HOUR - ONE_HOUR * back).symlink_to(source)
+    with MetricStore(settings.metric_store) as store:
+        step(
+            "process_metrics, 23 busy hours before",
+            lambda: batch.process_metrics(spark, settings, store, HOUR),
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

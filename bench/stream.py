@@ -38,6 +38,7 @@ def cached_lines(cache: Path, count: int, seed: int, progress) -> list[str]:
     visitors needed, and a cache file with fewer lines than `count` is generated again, so
     every rate step has input for its whole duration.
     """
+    cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"stream-{count}-{seed}.txt"
     if path.exists():
         lines = path.read_text().splitlines()

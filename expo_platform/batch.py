@@ -18,9 +18,17 @@ from expo_platform import beacons as bc
 from expo_platform import lake
 from expo_platform.errors import ExpoError
 from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
-from expo_platform.metrics import EXPERIMENT_METRICS, KEY, metrics_of_hour, wide_points
+from expo_platform.metrics import (
+    EXPERIMENT_METRICS,
+    KEY,
+    estimated_visitors,
+    metrics_of_hour,
+    visitor_sketches,
+    wide_points,
+)
 from expo_platform.scorecards import VISITOR_DAILY_SCHEMA, visitor_daily
 from expo_platform.settings import Settings
+from expo_platform.spark import object_hash_aggregate
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import build_sessions
 
@@ -122,7 +130,8 @@ def _require_previous_sessions(settings: Settings, hour: datetime) -> None:
 
 
 def process_sessions(spark: SparkSession, settings: Settings, hour: datetime) -> StepResult:
-    """Sessionize an hour's beacons, continuing the visits open at the end of the hour before."""
+    """Sessionize an hour's beacons, continuing the visits open at the end of the hour before;
+    sketch its visitors per experiment key (`visitor_sketches`, for visitors_24h)."""
     if not lake.has_partition(settings, "beacons", hour):
         raise ExpoError(f"beacons of {hour_label(hour)} are not materialized yet")
     _require_previous_sessions(settings, hour)
@@ -131,6 +140,8 @@ def process_sessions(spark: SparkSession, settings: Settings, hour: datetime) ->
     previous = lake.read_partitions(spark, settings, "sessions", [hour - ONE_HOUR])
     rows = build_sessions(beacons, previous, hour_start_ms(hour))
     lake.write_sessions(spark, settings, rows, hour)
+    with object_hash_aggregate(spark):
+        lake.write_partition(visitor_sketches(beacons), settings, "visitor_sketches", hour)
     written = lake.read_partitions(spark, settings, "sessions", [hour])
     summary = written.agg(
         F.count(F.lit(1)).alias("visits_active"),
@@ -170,7 +181,9 @@ def process_metrics(
     following = hour + ONE_HOUR
     _require_final(settings, f"experiment_metrics of {hour_label(hour)}", [hour, following])
     wide = metrics_of_hour(
-        lambda hours: lake.read_partitions(spark, settings, "sessions", hours), hour
+        lambda hours: lake.read_partitions(spark, settings, "sessions", hours),
+        hour,
+        lambda hours: estimated_visitors(_sketches(spark, settings, hours), "visitors_24h"),
     ).collect()
     points = wide_points(wide, hour_iso(hour), "batch")
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
@@ -179,6 +192,18 @@ def process_metrics(
     return StepResult(
         hour, {"keys": len(wide), "points": len(points)}, {"experiment_metrics": preview[:20]}
     )
+
+
+def _sketches(spark: SparkSession, settings: Settings, hours: list[datetime]) -> DataFrame:
+    """The visitor sketches of these hours. An hour whose beacons were processed before
+    sketches existed (or in between the two assets) is sketched from its beacons."""
+    written = [h for h in hours if lake.has_partition(settings, "visitor_sketches", h)]
+    older = [h for h in hours if h not in written and lake.has_partition(settings, "beacons", h)]
+    sketches = lake.read_partitions(spark, settings, "visitor_sketches", written)
+    if older:
+        beacons = lake.read_partitions(spark, settings, "beacons", older)
+        sketches = sketches.unionByName(visitor_sketches(beacons))
+    return sketches
 
 
 def process_visitor_daily(spark: SparkSession, settings: Settings, day: date) -> StepResult:

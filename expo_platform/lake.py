@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -15,6 +16,7 @@ from pyspark.sql import functions as F
 from expo_platform.beacons import BEACON_SCHEMA, REJECT_SCHEMA
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_key
+from expo_platform.metrics import SKETCHES_SCHEMA
 from expo_platform.settings import Settings
 from expo_platform.visits import SESSIONS_SCHEMA
 
@@ -22,7 +24,11 @@ log = logging.getLogger(__name__)
 
 LANDING_SUFFIXES = (".json", ".json.gz")
 PARTITION_COLUMN = "hourly_partitioner"
-TABLE_SCHEMAS = {"beacons": BEACON_SCHEMA, "beacon_rejects": REJECT_SCHEMA}
+TABLE_SCHEMAS = {
+    "beacons": BEACON_SCHEMA,
+    "beacon_rejects": REJECT_SCHEMA,
+    "visitor_sketches": SKETCHES_SCHEMA,
+}
 
 
 def require_lake(settings: Settings) -> None:
@@ -85,6 +91,11 @@ def read_folders(
     if not paths:
         return spark.createDataFrame([], schema)
     return spark.read.schema(schema).format(fmt).load([str(p) for p in paths])
+
+
+def union_all(frames: list[DataFrame]) -> DataFrame:
+    """The rows of all the frames, matched by column name; `frames` is not empty."""
+    return functools.reduce(DataFrame.unionByName, frames)
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
@@ -30,3 +32,25 @@ def quiet(spark: SparkSession) -> SparkSession:
     """Keep Spark's and Hive's routine warnings out of the platform's output."""
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+OBJECT_HASH_AGGREGATE = "spark.sql.execution.useObjectHashAggregateExec"
+
+
+@contextmanager
+def object_hash_aggregate(spark: SparkSession) -> Iterator[None]:
+    """Plan the actions run inside with Spark's object hash aggregate.
+
+    `Settings.spark_config` turns it off for sessionizing's millions of keys. Sketch
+    aggregates have a few dozen keys per task, where it is twice as fast as the sort
+    aggregate (the bench hour's sketches: 5 s -> 2.5 s).
+    """
+    before = spark.conf.get(OBJECT_HASH_AGGREGATE, None)
+    spark.conf.set(OBJECT_HASH_AGGREGATE, "true")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(OBJECT_HASH_AGGREGATE)
+        else:
+            spark.conf.set(OBJECT_HASH_AGGREGATE, before)

@@ -13,17 +13,21 @@ after a crash rewrites the same files and points:
    arrivals in its RocksDB state store (`dropDuplicatesWithinWatermark`, see
    `with_first_sightings`), and within a batch the first by (ts, raw) counts, as in the batch
    layer;
-3. the counted beacons are kept by hour; in the touched hours, the sessions the batch
+3. the counted beacons are kept by hour, and their visitors merged into each hour's
+   HyperLogLog sketches (per experiment key); in the touched hours, the sessions the batch
    touched are sessionized again with `visits.build_sessions` (open visits carried from
    the hour before; every other session keeps its rows) and the hours' metrics recomputed
-   with `metrics.hourly_metrics`, the same functions as the batch layer;
-4. rolling 1-hour and 24-hour unique visitors are stamped with the batch's event-time minute;
+   with `metrics.hourly_metrics`, the same functions as the batch layer; `visitors_24h`
+   merges the day's hourly sketches (METRICS.md allows 2%; the error is about 0.4%)
+   instead of reading 24 hours of sessions;
+4. rolling 1-hour (exact) and 24-hour (sketched) unique visitors are stamped with the
+   batch's event-time minute; they read the beacons of at most three hours;
 5. the progress (newest event time, quality counts, seconds per step) is written, then the
    Kafka offsets are committed to ZooKeeper: only after every write of the batch has
    succeeded.
 
-Counted beacons and sessions older than RETENTION_HOURS are deleted: no state outlives the
-24-hour lookback of `visitors_24h`.
+Counted beacons, sketches and sessions older than RETENTION_HOURS are deleted: no state
+outlives the 24-hour lookback of `visitors_24h`.
 """
 
 from __future__ import annotations
@@ -62,9 +66,19 @@ from expo_platform.hours import (
 )
 from expo_platform.kafka_source import end_offsets_of_batch, read_ranges, read_stream
 from expo_platform.lease import WriterLease
-from expo_platform.metrics import EXPERIMENT_METRICS, metrics_of_hour, wide_points
+from expo_platform.metrics import (
+    EXPERIMENT_METRICS,
+    KEY,
+    SKETCHES_SCHEMA,
+    estimated_visitors,
+    merge_sketches,
+    metrics_of_hour,
+    visitor_sketches,
+    wide_points,
+)
 from expo_platform.offsets import ZkOffsets
 from expo_platform.settings import JIT_OPTIONS, Settings
+from expo_platform.spark import object_hash_aggregate
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
 
@@ -75,7 +89,8 @@ RETENTION_HOURS = 26  # visitors_24h looks back 23 hours; the rolling window 24
 PROGRESS_KEPT = 20
 WATERMARK_QUANTILE = 0.99
 MINUTE_MS = 60_000
-ROLLING = (("visitors_rolling_1h", 1), ("visitors_rolling_24h", 24))
+ROLLING_1H, ROLLING_24H = "visitors_rolling_1h", "visitors_rolling_24h"
+ROLLING = (ROLLING_1H, ROLLING_24H)
 STREAM_QUALITY = (
     "beacons_total",
     "beacons_valid",
@@ -173,6 +188,7 @@ class StreamFiles:
         self.progress_dir = self.root / "progress"
         self.beacons_dir = self.root / "beacons"
         self.sessions_dir = self.root / "sessions"
+        self.sketches_dir = self.root / "sketches"
         self.quarantine_dir = self.root / "quarantine"
         self.tmp_dir = self.root / "_tmp"
 
@@ -215,6 +231,9 @@ class StreamFiles:
 
     def session_path(self, hour: datetime) -> Path:
         return self.sessions_dir / f"hourly_partitioner={hour_key(hour)}"
+
+    def sketch_path(self, hour: datetime) -> Path:
+        return self.sketches_dir / f"hourly_partitioner={hour_key(hour)}"
 
     def hours_with_beacons(self, upto: str) -> list[datetime]:
         """Hours that counted beacons of batches up to `upto` fall in."""
@@ -393,6 +412,8 @@ class MicroBatch:
             writer.mode("overwrite").option("partitionOverwriteMode", "static").partitionBy(
                 "hourly_partitioner"
             ).parquet(str(folder))
+        with self.step("sketches"):
+            self._update_sketches(spark, key)
         with self.step("quality"):
             batch_counts = self._quality(classified, folder)
         with self.step("watermark"):
@@ -624,26 +645,79 @@ class MicroBatch:
             self._replace_sessions(rows, target, key)
 
     def _replace_sessions(self, rows: DataFrame, target: Path, key: str) -> None:
-        """Write `rows` as the sessions folder `target`; it is never left half deleted.
+        """Write `rows` as the sessions folder `target` (see `_move_in`)."""
+        tmp = self.files.tmp_dir / f"sessions-{key}"
+        rows.write.mode("overwrite").parquet(str(tmp))
+        self._move_in(tmp, target)
+
+    def _move_in(self, new: Path, target: Path) -> None:
+        """Replace folder `target` by folder `new`; `target` is never left half deleted.
 
         The old folder is moved aside in one rename before the new one moves in: a crash in
-        between leaves no folder, and the replayed batch sessionizes that hour whole.
+        between leaves no folder, and the replayed batch builds that hour's sessions or
+        sketches from all its beacons.
         """
-        tmp = self.files.tmp_dir / f"sessions-{key}"
-        aside = self.files.tmp_dir / "sessions-old"  # one batch at a time writes sessions
+        aside = self.files.tmp_dir / "replaced"  # one batch at a time replaces folders
         shutil.rmtree(aside, ignore_errors=True)
-        rows.write.mode("overwrite").parquet(str(tmp))
         if target.is_dir():
             os.replace(target, aside)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        os.replace(new, target)
         shutil.rmtree(aside, ignore_errors=True)
+
+    def _update_sketches(self, spark: SparkSession, key: str) -> None:
+        """Merge the visitors of the batch's counted beacons into their hours' sketches.
+
+        Merging is idempotent, so a replayed batch leaves the sketches as they were. An hour
+        with counted beacons but no sketches folder (a crash mid-replace, a lake from before
+        sketches) is sketched from all its counted beacons.
+        """
+        batch_folder = self.files.beacons_dir / f"batch={key}"
+        batch_hours = {parse_hour(p.name.split("=", 1)[1]) for p in batch_folder.glob("*=*")}
+        missing = {
+            h for h in self.files.hours_with_beacons(key) if not self.files.sketch_path(h).is_dir()
+        }
+        beacons, sketches = [], []
+        for hour in sorted(batch_hours | missing):
+            if hour in missing:
+                paths = self.files.beacon_paths(hour, key)
+            else:
+                paths = [batch_folder / f"hourly_partitioner={hour_key(hour)}"]
+                sketches.append(self._by_hour(self._sketches(spark, [hour]), hour))
+            beacons.append(self._by_hour(lake.read_folders(spark, paths, bc.BEACON_SCHEMA), hour))
+        if not beacons:
+            return
+        hour_column = "hourly_partitioner"
+        batch = visitor_sketches(lake.union_all(beacons), hour_column)
+        merged = merge_sketches(lake.union_all([batch, *sketches]), hour_column)
+        tmp = self.files.tmp_dir / f"sketches-{key}"
+        with object_hash_aggregate(spark):
+            merged.write.mode("overwrite").partitionBy(hour_column).parquet(str(tmp))
+        for hour in sorted(batch_hours | missing):
+            new = tmp / self.files.sketch_path(hour).name
+            if not new.is_dir():  # no beacon of the hour is in an experiment: no sketches
+                new.mkdir(parents=True)
+            self._move_in(new, self.files.sketch_path(hour))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _by_hour(df: DataFrame, hour: datetime) -> DataFrame:
+        return df.withColumn("hourly_partitioner", F.lit(hour_key(hour)))
+
+    def _sketches(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
+        """The visitor sketches of these hours (those that have any), one row per key and hour."""
+        paths = [p for h in hours if (p := self.files.sketch_path(h)).is_dir()]
+        return lake.read_folders(spark, paths, SKETCHES_SCHEMA)
 
     def _publish(self, spark: SparkSession, hours: list[datetime]) -> None:
         """Write the experiment metrics of these hours from the stream's sessions."""
         for hour in hours:
             if self.files.session_path(hour).is_dir():
-                wide = metrics_of_hour(lambda hours: self._sessions(spark, hours), hour).collect()
+                wide = metrics_of_hour(
+                    lambda hours: self._sessions(spark, hours),
+                    hour,
+                    lambda hours: estimated_visitors(self._sketches(spark, hours), "visitors_24h"),
+                ).collect()
                 points = wide_points(wide, hour_iso(hour), "speed")
                 retry(
                     f"writing speed metrics of {hour_iso(hour)}",
@@ -653,35 +727,53 @@ class MicroBatch:
                 )
 
     def _rolling(self, spark: SparkSession, max_ts: int, key: str) -> None:
-        """Unique visitors of the last hour and day, stamped with the event-time minute."""
+        """Unique visitors of the last hour and day, stamped with the event-time minute.
+
+        The window [end - 24h, end) ends at the minute after the newest event time. Its first
+        and last hours, and the hour before the last (for the last 60 minutes), are read as
+        beacons; the full hours between them come from their sketches.
+        """
         end = (max_ts // MINUTE_MS + 1) * MINUTE_MS
-        hours = hour_range(hour_of_ms(end - 24 * HOUR_MS), hour_of_ms(max_ts))
-        paths = [p for hour in hours for p in self.files.beacon_paths(hour, key)]
-        if not paths:
-            return
-        beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
-        keyed = beacons.where((F.col("ts") >= end - 24 * HOUR_MS) & (F.col("ts") < end)).select(
-            "visitor_id", "ts", F.inline(populations(F.col("experiments")))
+        window = list(hour_range(hour_of_ms(end - 24 * HOUR_MS), hour_of_ms(end - 1)))
+        edges = {window[0], hour_of_ms(end - HOUR_MS), window[-1]}
+        paths = [p for hour in sorted(edges) for p in self.files.beacon_paths(hour, key)]
+        beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA).where(
+            (F.col("ts") >= end - 24 * HOUR_MS) & (F.col("ts") < end)
         )
-        aggregates = [
-            F.count_distinct(
-                F.when(F.col("ts") >= end - hours * HOUR_MS, F.col("visitor_id"))
-            ).alias(name)
-            for name, hours in ROLLING
-        ]
-        rows = keyed.groupBy("experiment", "variant", "population").agg(*aggregates).collect()
+        middle = self._sketches(spark, [h for h in window if h not in edges])
+        day = estimated_visitors(lake.union_all([visitor_sketches(beacons), middle]), ROLLING_24H)
+        last_hour = (
+            beacons.where(F.col("ts") >= end - HOUR_MS)
+            .select("visitor_id", F.inline(populations(F.col("experiments"))))
+            .groupBy(*KEY)
+            .agg(F.count_distinct("visitor_id").alias(ROLLING_1H))
+        )
+        hour_count = F.coalesce(ROLLING_1H, F.lit(0))
+        # The day's visitors include the last hour's: an estimate below that count is raised.
+        with object_hash_aggregate(spark):
+            rows = (
+                day.join(last_hour, list(KEY), "left")
+                .select(
+                    *KEY,
+                    hour_count.alias(ROLLING_1H),
+                    F.greatest(ROLLING_24H, hour_count).alias(ROLLING_24H),
+                )
+                .collect()
+            )
+        if not rows:
+            return
         stamp = datetime.fromtimestamp((end - MINUTE_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
         points = [
             Point(
                 name, r["experiment"], r["variant"], r["population"], stamp, "speed", float(r[name])
             )
             for r in rows
-            for name, _ in ROLLING
+            for name in ROLLING
         ]
         retry("writing rolling visitors", lambda: self.store.upsert(points))
 
     def _expire(self, progress: Progress) -> None:
-        """Delete counted beacons and sessions older than the retention."""
+        """Delete counted beacons, sketches and sessions older than the retention."""
         if progress.max_ts is None:
             return
         cutoff = hour_key(
@@ -690,6 +782,7 @@ class MicroBatch:
         for folder in [
             *self.files.beacons_dir.glob("batch=*/hourly_partitioner=*"),
             *self.files.sessions_dir.glob("hourly_partitioner=*"),
+            *self.files.sketches_dir.glob("hourly_partitioner=*"),
         ]:
             if folder.name.split("=", 1)[1] < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -63,11 +63,3 @@ def chain_sessions(
         sessions.append(rows)
         previous = rows
     return sessions, by_hour
-
-
-def union(frames: list[DataFrame]) -> DataFrame:
-    """All rows of the frames."""
-    out = frames[0]
-    for df in frames[1:]:
-        out = out.unionByName(df)
-    return out

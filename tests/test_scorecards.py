@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from expo_platform.hours import HOUR_MS, hour_start_ms
+from expo_platform.lake import union_all
 from expo_platform.scorecards import VISITOR_METRICS, per_visitor, visitor_daily, visitor_facts
-from tests.clickstream import H0, at, b, chain_sessions, union
+from tests.clickstream import H0, at, b, chain_sessions
 
 ORDER = {"order_id": "o1", "revenue": 10.0, "units": 3}
 A = [("exp", "A", True)]
@@ -26,7 +27,7 @@ STREAM = [
 
 def _facts(spark, *by):
     sessions, _ = chain_sessions(spark, STREAM, 4)
-    rows = visitor_facts(union(sessions[:3]), union(sessions), *by).collect()
+    rows = visitor_facts(union_all(sessions[:3]), union_all(sessions), *by).collect()
     return {(r["variant"], r["population"], r["visitor_id"], *(r[k] for k in by)): r for r in rows}
 
 
@@ -58,8 +59,8 @@ def test_visitor_sums_by_hour(spark):
 def test_scorecard_rows_group_days_per_visitor(spark):
     sessions, _ = chain_sessions(spark, STREAM, 4)
     # Two "days" made of hours 0-1 and 2: summing them per visitor gives the whole range.
-    first = visitor_daily(union(sessions[:2]), union(sessions[:3]))
-    second = visitor_daily(sessions[2], union(sessions[2:]))
+    first = visitor_daily(union_all(sessions[:2]), union_all(sessions[:3]))
+    second = visitor_daily(sessions[2], union_all(sessions[2:]))
     rows = {
         r["visitor_id"]: values(r)
         for r in per_visitor(first.unionByName(second), "exp", "assigned").collect()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,8 @@ import pytest
 from definitions import build_defs
 from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.hours import hour_iso, hour_start_ms, parse_hour
-from expo_platform.metrics import EXPERIMENT_METRICS
+from expo_platform.hours import HOUR_MS, hour_iso, hour_start_ms, parse_hour
+from expo_platform.metrics import ALLOWED_ERROR, EXPERIMENT_METRICS
 from expo_platform.offsets import ZkOffsets
 from expo_platform.producer import produce_lines
 from expo_platform.services import ensure_topic
@@ -57,7 +57,8 @@ def points(settings, layer: str) -> dict:
 
 def assert_speed_equals_batch(conf, monkeypatch) -> dict:
     """The batch layer over what the stream landed: hours START and START + 1 (final once
-    the stream has passed START + 2) have the same experiment metrics in both layers.
+    the stream has passed START + 2) have the same experiment metrics in both layers;
+    visitors_24h, an estimate from sketches, within the 2% METRICS.md allows.
     Returns the speed layer's points."""
     monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
     prepare_dagster_home(conf, PROJECT)
@@ -67,7 +68,8 @@ def assert_speed_equals_batch(conf, monkeypatch) -> dict:
     compared = 0
     for key, value in batch.items():
         if key[0] in EXPERIMENT_METRICS and key[4] in final_hours:
-            assert speed.get(key) == pytest.approx(value), key
+            tolerance = ALLOWED_ERROR.get(key[0], 1e-6)
+            assert speed.get(key) == pytest.approx(value, rel=tolerance), key
             compared += 1
     assert compared > 200
     assert {k for k in speed if k[0] in EXPERIMENT_METRICS and k[4] in final_hours} == {
@@ -116,21 +118,30 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     assert valid == len(traffic)
     assert sum(v for k, v in speed.items() if k[0] == "beacons_late") == 0
 
-    # Rolling unique visitors, stamped with the newest event-time minute: exact here.
-    rolling = {k: v for k, v in speed.items() if k[0] == "visitors_rolling_24h"}
-    newest = max(k[4] for k in rolling)
+    # Rolling unique visitors, stamped with the newest event-time minute: the last hour's
+    # exact, the day's from sketches (and the beacons of the window's edge hours).
+    newest = max(k[4] for k in speed if k[0] == "visitors_rolling_24h")
+    end = int(datetime.fromisoformat(newest).timestamp() * 1000) + 60_000
     beacons = [json.loads(line) for line in traffic]
-    exact = len(
-        {
-            b["visitor_id"]
-            for b in beacons
-            if any(
-                e["id"] == "checkout-button" and e["variant"] == "control" for e in b["experiments"]
-            )
-        }
-    )
-    got = rolling[("visitors_rolling_24h", "checkout-button", "control", "assigned", newest)]
-    assert abs(got - exact) / exact <= 0.02
+
+    def visitors_since(start_ms: int) -> int:
+        return len(
+            {
+                b["visitor_id"]
+                for b in beacons
+                if start_ms <= b["ts"] < end
+                and any(
+                    e["id"] == "checkout-button" and e["variant"] == "control"
+                    for e in b["experiments"]
+                )
+            }
+        )
+
+    key = ("checkout-button", "control", "assigned", newest)
+    assert speed[("visitors_rolling_1h", *key)] == visitors_since(end - HOUR_MS)
+    day = visitors_since(end - 24 * HOUR_MS)
+    assert day > speed[("visitors_rolling_1h", *key)]  # the hours before count too
+    assert speed[("visitors_rolling_24h", *key)] == pytest.approx(day, rel=0.02)
     files = StreamFiles(conf)
     assert files.epoch() == 0
 
@@ -144,7 +155,7 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
         assert b["batch_seconds"] >= sum(b["steps"].values()) - 0.01
 
 
-def test_an_hour_whose_sessions_folder_is_gone_is_sessionized_whole(
+def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
     spark,
     settings,
     kafka,  # noqa: F811
@@ -152,18 +163,25 @@ def test_an_hour_whose_sessions_folder_is_gone_is_sessionized_whole(
     traffic,
     monkeypatch,
 ):
-    """A batch re-sessionizes only the sessions it touches and keeps the others' rows. A crash
-    between moving an hour's old sessions folder aside and moving the new one in leaves the
-    hour without one: the next batch in that hour must rebuild it from all its beacons."""
+    """A batch re-sessionizes only the sessions it touches and keeps the others' rows; it
+    merges its visitors into the hours' sketches. A crash between moving an hour's old folder
+    aside and moving the new one in leaves the hour without one: the next batch must rebuild
+    it from all the hour's beacons, and sketches too for an hour the batch has no beacon of."""
     topic = unique_topic("stream-lost")
     ensure_topic(kafka.address, topic, 4)
     conf = stream_settings(settings, kafka, zookeeper, topic)
     middle = hour_start_ms(START) + 90 * 60_000  # half way through hour START + 1
     produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] < middle])
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
-    lost = StreamFiles(conf).session_path(START + timedelta(hours=1))
-    assert lost.is_dir()
-    shutil.rmtree(lost)
+    files = StreamFiles(conf)
+    lost = [
+        files.session_path(START + timedelta(hours=1)),
+        files.sketch_path(START + timedelta(hours=1)),
+        files.sketch_path(START),  # no beacon of the second run is in this hour
+    ]
+    for folder in lost:
+        assert folder.is_dir()
+        shutil.rmtree(folder)
 
     produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] >= middle])
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)

@@ -69,7 +69,7 @@ RUN_TIMEOUT = 300.0  # one app through the whole topic, on a busy 2-core machine
 FIRST_BATCH = "0000-00000000"
 SECOND_BATCH = "0000-00000001"
 DONE = re.compile(r"batch (\d{4}-\d{8}) done in [\d.]+s: .*?; offsets (\{[^}]*\})")
-ROLLING_METRICS = {name for name, _ in ROLLING}
+ROLLING_METRICS = set(ROLLING)
 # Sums of doubles: Spark does not promise an order of summation, so the last bits may differ.
 FLOAT_SUMS = {"revenue"}
 GAUGES = ("inputRate-total", "processingRate-total", "latency", "eventTime-watermark")

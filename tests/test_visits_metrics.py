@@ -9,9 +9,17 @@ from pyspark.sql import functions as F
 
 from expo_platform import beacons as bc
 from expo_platform.hours import HOUR_MS, hour_start_ms
-from expo_platform.metrics import EXPERIMENT_METRICS, hourly_metrics
+from expo_platform.lake import union_all
+from expo_platform.metrics import (
+    EXPERIMENT_METRICS,
+    estimated_visitors,
+    exact_visitors_24h,
+    hourly_metrics,
+    merge_sketches,
+    visitor_sketches,
+)
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions
-from tests.clickstream import GAP, H0, at, b, chain_sessions, union
+from tests.clickstream import GAP, H0, at, b, chain_sessions
 
 
 def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
@@ -29,8 +37,8 @@ def hourly_values(sessions: list, by_hour: dict, hours: int) -> list[dict]:
         if not by_hour[h]:
             out.append({})  # no beacons, no rows
             continue
-        last_24h = union(sessions[max(0, h - 23) : h + 1])
-        wide = hourly_metrics(sessions[h], sessions[h + 1], last_24h)
+        last_24h = union_all(sessions[max(0, h - 23) : h + 1])
+        wide = hourly_metrics(sessions[h], sessions[h + 1], exact_visitors_24h(last_24h))
         out.append(
             {
                 (r["experiment"], r["variant"], r["population"], m): r[m]
@@ -104,7 +112,7 @@ def test_a_visit_lasts_less_than_12_hours(spark):
     assert [metric(h, "visits") for h in hours] == [1.0] + [0.0] * 11 + [1.0, 0.0]
     assert [metric(h, "orders") for h in hours] == [1.0] + [0.0] * 11 + [1.0, 0.0]
     assert sum(metric(h, "page_views") for h in hours) == 27.0
-    assert {r["visit_id"] for r in union(sessions).collect()} == {
+    assert {r["visit_id"] for r in union_all(sessions).collect()} == {
         f"s1#{at(0, 10)}",
         f"s1#{at(12, 10)}",
     }
@@ -178,6 +186,68 @@ def test_visitors_and_visitors_24h(spark):
     assert metric(hours[23], "visitors_24h") == 3.0  # v1, v2 (hour 0) and v3
     assert metric(hours[24], "visitors_24h") == 3.0  # hour 0 has left the window: v1, v3, v4
     assert all(metric(hours[h], "visitors_24h") is None for h in range(1, 23))
+
+
+def _generated_beacons(spark, visitors: int, hours: int, seen_in: int):
+    """`visitors` visitors of experiment exp, each with `seen_in` beacons in hours 0..hours-1
+    (picked by hash, so most visitors are seen in `seen_in` different hours).
+
+    Visitor i is in variant A (B when i is odd) and qualified when i % 3 == 0.
+    """
+    ids = spark.range(visitors * seen_in).select(
+        (F.col("id") % visitors).alias("i"), F.floor(F.col("id") / visitors).alias("k")
+    )
+    return ids.select(
+        F.concat(F.lit("v-"), F.col("i").cast("string")).alias("visitor_id"),
+        F.pmod(F.xxhash64("i", "k"), F.lit(hours)).alias("hour"),
+        F.array(
+            F.struct(
+                F.lit("exp").alias("id"),
+                F.when(F.col("i") % 2 == 1, "B").otherwise("A").alias("variant"),
+                (F.col("i") % 3 == 0).alias("qualified"),
+            )
+        ).alias("experiments"),
+    )
+
+
+def test_sketches_estimate_distinct_visitors_within_the_allowed_2_percent(spark):
+    """Hourly sketches merged over a day: visitors seen in several hours count once."""
+    beacons = _generated_beacons(spark, visitors=300_000, hours=24, seen_in=3)
+    day = visitor_sketches(beacons, "hour").localCheckpoint()  # one sketch per key and hour
+    assert day.count() == 24 * 4
+    estimate = {
+        (r["experiment"], r["variant"], r["population"]): r["v"]
+        for r in estimated_visitors(day, "v").collect()
+    }
+    exact = {  # 150,000 per variant; a third of them qualified
+        ("exp", "A", "assigned"): 150_000,
+        ("exp", "B", "assigned"): 150_000,
+        ("exp", "A", "qualified"): 50_000,
+        ("exp", "B", "qualified"): 50_000,
+    }
+    assert set(estimate) == set(exact)
+    for key, count in exact.items():
+        assert abs(estimate[key] - count) <= 0.02 * count, (key, estimate[key])
+    # Without the merge, the hours' distinct visitors add up to nearly three times as many.
+    (per_hour,) = day.agg(F.sum(F.hll_sketch_estimate("sketch"))).first()
+    assert per_hour > 2.5 * 400_000
+    # Merging a sketch again (a replayed batch) changes nothing.
+    hours_again = day.where(F.col("hour").isin(0, 5)).drop("hour")
+    again = estimated_visitors(union_all([merge_sketches(day), hours_again]), "v")
+    assert {(r["experiment"], r["variant"], r["population"]): r["v"] for r in again.collect()} == (
+        estimate
+    )
+
+
+def test_small_sketches_are_exact(spark):
+    """Below a few thousand visitors a sketch holds the visitors themselves: no error."""
+    beacons = _generated_beacons(spark, visitors=3_000, hours=24, seen_in=2)
+    (row,) = (
+        estimated_visitors(visitor_sketches(beacons).where(F.col("population") == "assigned"), "v")
+        .where(F.col("variant") == "A")
+        .collect()
+    )
+    assert row["v"] == 1_500
 
 
 def test_sessions_rows_carry_state(spark):
