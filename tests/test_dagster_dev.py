@@ -118,11 +118,15 @@ def dagster_dev(tmp_path):
                 time.sleep(1)
         yield dev
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
+        # SIGTERM to `dagster dev` alone, as Ctrl-C: it tells the webserver and the daemon to
+        # shut down and waits for them. (SIGTERM to the whole group reached them first, and
+        # dev then waited 60 s for one that had stopped listening.)
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
+        process.wait(timeout=30)
         log.close()
 
 
