@@ -21,7 +21,6 @@ from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_st
 from expo_platform.metrics import (
     EXPERIMENT_METRICS,
     KEY,
-    estimated_visitors,
     metrics_of_hour,
     visitor_sketches,
     wide_points,
@@ -70,6 +69,9 @@ def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> 
         "raw", F.when(F.col("reason").isNotNull(), F.col("raw"))
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        # The hour's sketches describe the beacons being replaced: until process_sessions
+        # writes new ones, visitors_24h sketches the hour from its beacons.
+        lake.remove_partition(settings, "visitor_sketches", hour)
         lake.write_partition(bc.counted_beacons(classified), settings, "beacons", hour)
         lake.write_partition(bc.rejected_beacons(classified), settings, "beacon_rejects", hour)
         counts = {"files": len(files), **bc.quality_counts(classified)}
@@ -180,11 +182,12 @@ def process_metrics(
     """Compute the hour's experiment metrics and write them to the store as layer batch."""
     following = hour + ONE_HOUR
     _require_final(settings, f"experiment_metrics of {hour_label(hour)}", [hour, following])
-    wide = metrics_of_hour(
-        lambda hours: lake.read_partitions(spark, settings, "sessions", hours),
-        hour,
-        lambda hours: estimated_visitors(_sketches(spark, settings, hours), "visitors_24h"),
-    ).collect()
+    with object_hash_aggregate(spark):
+        wide = metrics_of_hour(
+            lambda hours: lake.read_partitions(spark, settings, "sessions", hours),
+            lambda hours: _sketches(spark, settings, hours),
+            hour,
+        ).collect()
     points = wide_points(wide, hour_iso(hour), "batch")
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
     shown = (*KEY, "visitors", "visits", "bounces", "orders", "revenue")

@@ -115,21 +115,15 @@ def day_window(hour: datetime) -> list[datetime]:
 
 def metrics_of_hour(
     sessions_of: Callable[[list[datetime]], DataFrame],
+    sketches_of: Callable[[list[datetime]], DataFrame],
     hour: datetime,
-    visitors_24h_of: Callable[[list[datetime]], DataFrame] | None = None,
 ) -> DataFrame:
-    """`hourly_metrics` of an hour, each layer reading its own sessions rows by hours.
+    """`hourly_metrics` of an hour, each layer reading its own rows by hours.
 
-    The hour needs its own rows and the next hour's (bounces). visitors_24h comes from
-    `visitors_24h_of(day_window(hour))` when given (the speed layer's sketches), else it is
-    counted exactly from the 24 hours' sessions rows (the batch layer).
+    The hour needs its own sessions rows and the next hour's (bounces); visitors_24h is
+    `estimated_visitors` of the visitor sketches of `day_window(hour)`.
     """
-    window = day_window(hour)
-    day = (
-        visitors_24h_of(window)
-        if visitors_24h_of is not None
-        else exact_visitors_24h(sessions_of(window))
-    )
+    day = estimated_visitors(sketches_of(day_window(hour)), "visitors_24h")
     return hourly_metrics(sessions_of([hour]), sessions_of([hour + ONE_HOUR]), day)
 
 

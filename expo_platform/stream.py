@@ -413,7 +413,7 @@ class MicroBatch:
                 "hourly_partitioner"
             ).parquet(str(folder))
         with self.step("sketches"):
-            self._update_sketches(spark, key)
+            self._update_sketches(spark, key, on_time, hours)
         with self.step("quality"):
             batch_counts = self._quality(classified, folder)
         with self.step("watermark"):
@@ -665,35 +665,37 @@ class MicroBatch:
         os.replace(new, target)
         shutil.rmtree(aside, ignore_errors=True)
 
-    def _update_sketches(self, spark: SparkSession, key: str) -> None:
-        """Merge the visitors of the batch's counted beacons into their hours' sketches.
+    def _update_sketches(
+        self, spark: SparkSession, key: str, on_time: DataFrame, hours: list[datetime]
+    ) -> None:
+        """Merge the visitors of the batch's on-time beacons into their hours' sketches.
 
-        Merging is idempotent, so a replayed batch leaves the sketches as they were. An hour
-        with counted beacons but no sketches folder (a crash mid-replace, a lake from before
+        Duplicates too: merging is idempotent, and a beacon an earlier epoch counted may be
+        missing from the sketches (a crash between its counted write and its sketches, then a
+        lost checkpoint). A replayed batch leaves the sketches as they were. An hour with
+        counted beacons but no sketches folder (a crash mid-replace, a lake from before
         sketches) is sketched from all its counted beacons.
         """
-        batch_folder = self.files.beacons_dir / f"batch={key}"
-        batch_hours = {parse_hour(p.name.split("=", 1)[1]) for p in batch_folder.glob("*=*")}
         missing = {
             h for h in self.files.hours_with_beacons(key) if not self.files.sketch_path(h).is_dir()
         }
-        beacons, sketches = [], []
-        for hour in sorted(batch_hours | missing):
-            if hour in missing:
-                paths = self.files.beacon_paths(hour, key)
-            else:
-                paths = [batch_folder / f"hourly_partitioner={hour_key(hour)}"]
-                sketches.append(self._by_hour(self._sketches(spark, [hour]), hour))
-            beacons.append(self._by_hour(lake.read_folders(spark, paths, bc.BEACON_SCHEMA), hour))
-        if not beacons:
+        written = sorted(set(hours) | missing)
+        if not written:
             return
         hour_column = "hourly_partitioner"
-        batch = visitor_sketches(lake.union_all(beacons), hour_column)
-        merged = merge_sketches(lake.union_all([batch, *sketches]), hour_column)
+        sketches = [visitor_sketches(on_time, hour_column)]
+        for hour in written:
+            if hour in missing:
+                paths = self.files.beacon_paths(hour, key)
+                all_counted = self._by_hour(lake.read_folders(spark, paths, bc.BEACON_SCHEMA), hour)
+                sketches.append(visitor_sketches(all_counted, hour_column))
+            else:
+                sketches.append(self._by_hour(self._sketches(spark, [hour]), hour))
+        merged = merge_sketches(lake.union_all(sketches), hour_column)
         tmp = self.files.tmp_dir / f"sketches-{key}"
         with object_hash_aggregate(spark):
             merged.write.mode("overwrite").partitionBy(hour_column).parquet(str(tmp))
-        for hour in sorted(batch_hours | missing):
+        for hour in written:
             new = tmp / self.files.sketch_path(hour).name
             if not new.is_dir():  # no beacon of the hour is in an experiment: no sketches
                 new.mkdir(parents=True)
@@ -713,11 +715,12 @@ class MicroBatch:
         """Write the experiment metrics of these hours from the stream's sessions."""
         for hour in hours:
             if self.files.session_path(hour).is_dir():
-                wide = metrics_of_hour(
-                    lambda hours: self._sessions(spark, hours),
-                    hour,
-                    lambda hours: estimated_visitors(self._sketches(spark, hours), "visitors_24h"),
-                ).collect()
+                with object_hash_aggregate(spark):
+                    wide = metrics_of_hour(
+                        lambda hours: self._sessions(spark, hours),
+                        lambda hours: self._sketches(spark, hours),
+                        hour,
+                    ).collect()
                 points = wide_points(wide, hour_iso(hour), "speed")
                 retry(
                     f"writing speed metrics of {hour_iso(hour)}",

@@ -296,6 +296,36 @@ def test_hours_without_landing_files_are_empty_hours(batch_env, spark):
     assert got[("bounces", "A")] == 1.0
 
 
+def test_visitors_24h_of_an_hour_whose_beacons_were_redone_come_from_the_new_beacons(
+    batch_env, spark
+):
+    """A late file arrives for H0 and only its beacons are redone (the run fails before the
+    sessions): H0's sketches of the old beacons are gone, and visitors_24h of H1 sketches H0
+    from its new beacons. Redoing the sessions writes sketches that agree."""
+    from expo_platform.batch import process_beacons, process_metrics, process_sessions
+
+    settings = batch_env
+    for hour, lines in SCENARIO.items():
+        write_landing(settings, hour, lines)
+        process_beacons(spark, settings, hour)
+        process_sessions(spark, settings, hour)
+    key = ("visitors_24h", "exp", "A", "assigned", hour_iso(H1))
+    with MetricStore(settings.metric_store) as store:
+        process_metrics(spark, settings, store, H1)
+    assert values(settings)[key] == 2.0  # v1, v3
+
+    write_landing(settings, H0, [beacon("L8", "v8", "s8", ts(H0, 30))], name="part-late.json")
+    process_beacons(spark, settings, H0)
+    assert not lake.has_partition(settings, "visitor_sketches", H0)
+    with MetricStore(settings.metric_store) as store:
+        process_metrics(spark, settings, store, H1)
+        assert values(settings)[key] == 3.0  # and v8
+        process_sessions(spark, settings, H0)
+        assert lake.has_partition(settings, "visitor_sketches", H0)
+        process_metrics(spark, settings, store, H1)
+    assert values(settings)[key] == 3.0
+
+
 def test_gzipped_landing_files_are_read(batch_env, spark):
     import gzip
 

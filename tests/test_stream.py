@@ -9,22 +9,33 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from definitions import build_defs
+from expo_platform import beacons as bc
+from expo_platform import lake
 from expo_platform.dagster_home import prepare_dagster_home
+from expo_platform.errors import ExpoError
 from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.hours import HOUR_MS, hour_iso, hour_start_ms, parse_hour
-from expo_platform.metrics import ALLOWED_ERROR, EXPERIMENT_METRICS
+from expo_platform.hours import HOUR_MS, hour_iso, hour_key, hour_of_ms, hour_start_ms, parse_hour
+from expo_platform.metrics import (
+    ALLOWED_ERROR,
+    EXPERIMENT_METRICS,
+    SKETCHES_SCHEMA,
+    estimated_visitors,
+    visitor_sketches,
+)
 from expo_platform.offsets import ZkOffsets
 from expo_platform.producer import produce_lines
 from expo_platform.services import ensure_topic
 from expo_platform.store import MetricStore
-from expo_platform.stream import StepTimes, StreamFiles, run_stream
+from expo_platform.stream import MicroBatch, StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
+from tests import clickstream as cs
 from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
 from tests.test_batch_layer import PROJECT
 
@@ -186,6 +197,101 @@ def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
     produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] >= middle])
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     assert_speed_equals_batch(conf, monkeypatch)
+
+
+def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_the_sketches(
+    spark,
+    settings,
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    traffic,
+    monkeypatch,
+):
+    """The second batch crashes after writing its counted beacons and before merging them
+    into the sketches, and the checkpoint is lost. The next epoch reads the batch's messages
+    again and finds them counted (duplicates): the sketches must still take in their visitors."""
+    topic = unique_topic("stream-crash")
+    ensure_topic(kafka.address, topic, 4)
+    produce_lines(kafka.address, topic, traffic)
+    conf = stream_settings(settings, kafka, zookeeper, topic)
+    update_sketches = MicroBatch._update_sketches
+
+    def crash_in_second_batch(sink, spark, key, *args):
+        if key != "0000-00000000":
+            raise RuntimeError("simulated crash before the sketches")
+        update_sketches(sink, spark, key, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(MicroBatch, "_update_sketches", crash_in_second_batch)
+        with pytest.raises(ExpoError, match="the streaming query failed"):
+            run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
+    files = StreamFiles(conf)
+    assert [d.name for d in files.batch_folders("9999")] == [
+        "batch=0000-00000000",
+        "batch=0000-00000001",
+    ]
+    assert [p.name for p in files.progress_dir.glob("*.json")] == ["0000-00000000.json"]
+    shutil.rmtree(files.checkpoint)
+    run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
+    assert StreamFiles(conf).epoch() == 1
+
+    beacons = [json.loads(line) for line in traffic]
+    for hour in (START + timedelta(hours=h) for h in range(3)):
+        start = hour_start_ms(hour)
+        assigned = {
+            (e["id"], e["variant"], b["visitor_id"])
+            for b in beacons
+            if start <= b["ts"] < start + HOUR_MS
+            for e in b["experiments"]
+        }
+        exact = Counter((experiment, variant) for experiment, variant, _ in assigned)
+        sketched = lake.read_folders(spark, [files.sketch_path(hour)], SKETCHES_SCHEMA)
+        estimates = {
+            (r["experiment"], r["variant"]): r["v"]
+            for r in estimated_visitors(sketched, "v").where("population = 'assigned'").collect()
+        }
+        assert estimates == dict(exact), hour
+    assert_speed_equals_batch(conf, monkeypatch)
+
+
+@pytest.mark.parametrize("newest_minute", [59.5, 36.5], ids=["end-on-the-hour", "end-mid-hour"])
+def test_rolling_visitors_count_exactly_the_window_s_edges(spark, settings, newest_minute):
+    """The rolling window is [end - 24h, end), end the minute after the newest event time: a
+    visitor seen at end - 24h counts, one seen a minute earlier does not; the last hour starts
+    at end - 1h. The edge hours are read as beacons, the hours between them as sketches."""
+    newest = cs.at(24, newest_minute)
+    end = (newest // cs.MIN + 1) * cs.MIN
+    seen = {
+        "too-old": end - 24 * HOUR_MS - cs.MIN,
+        "first": end - 24 * HOUR_MS,
+        "middle": cs.at(12, 10),
+        "day-only": end - HOUR_MS - cs.MIN,
+        "last-hour": end - HOUR_MS,
+        "newest": newest,
+    }
+    counted = []
+    for visitor, ts in seen.items():
+        hour = hour_of_ms(ts)
+        line = json.dumps(cs.b(ts, visitor=visitor, session=visitor))
+        lines = spark.createDataFrame([(line,)], "value string")
+        classified = bc.classify_hour(lines, hour_start_ms(hour) // HOUR_MS)
+        counted.append(
+            bc.counted_beacons(classified).withColumn("hourly_partitioner", F.lit(hour_key(hour)))
+        )
+    beacons = lake.union_all(counted).localCheckpoint()
+    files = StreamFiles(settings)
+    key = "0000-00000000"
+    beacons.write.partitionBy("hourly_partitioner").parquet(str(files.beacons_dir / f"batch={key}"))
+    sketches = visitor_sketches(beacons, "hourly_partitioner")
+    sketches.write.partitionBy("hourly_partitioner").parquet(str(files.sketches_dir))
+
+    with MetricStore(settings.metric_store) as store:
+        MicroBatch(settings, store, lambda offsets: None)._rolling(spark, newest, key)
+    rolling = points(settings, "speed")
+    stamp = datetime.fromtimestamp((end - cs.MIN) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
+    for population in ("assigned", "qualified"):
+        assert rolling[("visitors_rolling_1h", "exp", "A", population, stamp)] == 2
+        assert rolling[("visitors_rolling_24h", "exp", "A", population, stamp)] == 5
 
 
 def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing_twice(
