@@ -35,7 +35,7 @@ demo: deps
 	@$(PY) -m expo_platform.demo
 
 test: deps
-	@$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+	@$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: venv
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -46,6 +46,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
             alert_on_failed_check,
         ],
         resources=build_resources(settings),
+        # A run's steps share one process and so one Spark session: the default executor
+        # starts a process, and a JVM, per step (the UI backfill's runs: 41-64 s -> 18-25 s).
+        executor=dg.in_process_executor,
     )
 
 
