@@ -144,8 +144,11 @@ class ZkOffsets(ZkSession):
                 raise ExpoError(f"invalid offset {offset} for partition {partition}")
         parent = offsets_path(self.consumer, topic)
         self._call(self._client.ensure_path, parent)
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            existing = set(self._call(self._client.get_children, parent))
+
+        def commit_once() -> list:
+            # Built anew on each of kazoo's retries: a transaction commits at most once, and
+            # after a lost connection the listing may have changed (values are absolute).
+            existing = set(self._client.get_children(parent))
             transaction = self._client.transaction()
             for partition, offset in sorted(offsets.items()):
                 path, value = f"{parent}/{int(partition)}", str(int(offset)).encode("ascii")
@@ -153,7 +156,10 @@ class ZkOffsets(ZkSession):
                     transaction.set_data(path, value)
                 else:
                     transaction.create(path, value)
-            results = self._call(transaction.commit)
+            return transaction.commit()
+
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            results = self._call(commit_once)
             failures = [
                 r
                 for r in results

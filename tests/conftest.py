@@ -15,7 +15,8 @@ pytest_plugins = ["tests.fixtures_postgres"]
 # long file and fill up with short ones. xdist's default order, most tests first, left the
 # one-test files of four to seven minutes for the end.
 SLOWEST_FILES = {
-    "test_stream_faults.py": 1260,
+    "test_stream_faults.py": 914,
+    "test_writer_failover.py": 478,
     "test_dagster_dev.py": 420,
     "test_stream.py": 330,
     "test_cluster.py": 315,

@@ -11,7 +11,8 @@ import time
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, TransactionRequest
+from kazoo.exceptions import ConnectionLoss
 
 from expo_platform import services
 from expo_platform.errors import ExpoError
@@ -198,6 +199,30 @@ def test_commit_writes_all_partitions_in_one_transaction(zookeeper):  # noqa: F8
         client.close()
     # Every write of one ZooKeeper transaction carries the same transaction id (zxid).
     assert len({s.mzxid for s in stats}) == 1
+
+
+def test_a_commit_retried_after_a_lost_connection_builds_a_new_transaction(
+    zookeeper,  # noqa: F811
+    monkeypatch,
+):
+    """kazoo retries a call whose connection was lost; a transaction commits once, so the
+    retry must build a new one (reusing it raised "Transaction already committed", seen with
+    a paused ZooKeeper)."""
+    commit = TransactionRequest.commit
+    attempts = []
+
+    def connection_lost_once(transaction):
+        attempts.append(transaction)
+        if len(attempts) == 1:
+            transaction.committed = True  # kazoo marks it before the request goes out
+            raise ConnectionLoss()
+        return commit(transaction)
+
+    monkeypatch.setattr(TransactionRequest, "commit", connection_lost_once)
+    with ZkOffsets(zookeeper.address, "lost") as offsets:
+        offsets.commit("beacons", {0: 5, 1: 7})
+        assert offsets.read("beacons") == {0: 5, 1: 7}
+    assert len(attempts) == 2 and attempts[0] is not attempts[1]
 
 
 def test_unreachable_zookeeper_is_a_clear_error():
