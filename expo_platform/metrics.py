@@ -48,20 +48,6 @@ def final_bounces(facts: DataFrame, next_sessions: DataFrame) -> DataFrame:
     )
 
 
-def distinct_visitors(sessions: DataFrame) -> DataFrame:
-    """Distinct (key, visitor) pairs of the given sessions rows."""
-    return explode_facts(sessions).select(*KEY, "visitor_id").distinct()
-
-
-def exact_visitors_24h(last_24h_sessions: DataFrame) -> DataFrame:
-    """visitors_24h per key, counted exactly from the sessions rows of [H - 23h, H]."""
-    return (
-        distinct_visitors(last_24h_sessions)
-        .groupBy(*KEY)
-        .agg(F.count(F.lit(1)).alias("visitors_24h"))
-    )
-
-
 def visitor_sketches(beacons: DataFrame, *by: str) -> DataFrame:
     """Per key (and `by` columns): a HyperLogLog sketch (`sketch`) of the beacons' visitor_ids.
 
@@ -91,8 +77,8 @@ def hourly_metrics(
     """Wide metrics per key for an hour: one column per metric of EXPERIMENT_METRICS.
 
     `sessions` are the hour's rows, `next_sessions` the next hour's (for bounces) and
-    `visitors_24h` the distinct visitors of [H - 23h, H + 1h) per key (`exact_visitors_24h`,
-    or `estimated_visitors` of hourly sketches).
+    `visitors_24h` the distinct visitors of [H - 23h, H + 1h) per key (`estimated_visitors`
+    of hourly sketches).
     """
     facts = final_bounces(explode_facts(sessions), next_sessions)
     hourly = facts.groupBy(*KEY).agg(

@@ -12,8 +12,9 @@ from expo_platform.hours import HOUR_MS, hour_start_ms
 from expo_platform.lake import union_all
 from expo_platform.metrics import (
     EXPERIMENT_METRICS,
+    KEY,
     estimated_visitors,
-    exact_visitors_24h,
+    explode_facts,
     hourly_metrics,
     merge_sketches,
     visitor_sketches,
@@ -28,6 +29,13 @@ def run_hours(spark, beacons: list[dict], hours: int) -> list[dict]:
     Every hour's metrics see the next hour's sessions (one extra hour is sessionized).
     """
     return hourly_values(*chain_sessions(spark, beacons, hours + 1), hours)
+
+
+def exact_visitors_24h(last_24h_sessions):
+    """visitors_24h per key counted exactly from sessions rows: the hand-checkable stand-in
+    for the layers' sketch estimates in these tests."""
+    pairs = explode_facts(last_24h_sessions).select(*KEY, "visitor_id").distinct()
+    return pairs.groupBy(*KEY).agg(F.count(F.lit(1)).alias("visitors_24h"))
 
 
 def hourly_values(sessions: list, by_hour: dict, hours: int) -> list[dict]:
