@@ -15,16 +15,17 @@ pytest_plugins = ["tests.fixtures_postgres"]
 # long file and fill up with short ones. xdist's default order, most tests first, left the
 # one-test files of four to seven minutes for the end.
 SLOWEST_FILES = {
-    "test_stream_faults.py": 914,
-    "test_writer_failover.py": 478,
-    "test_dagster_dev.py": 420,
-    "test_stream.py": 330,
-    "test_cluster.py": 315,
-    "test_batch_layer.py": 226,
-    "test_supervisor.py": 179,
-    "test_visits_metrics.py": 150,
-    "test_operations.py": 122,
-    "test_cli.py": 98,
+    "test_stream_faults.py": 665,
+    "test_stream.py": 430,
+    "test_dagster_dev.py": 347,
+    "test_batch_layer.py": 330,
+    "test_cluster.py": 318,
+    "test_visits_metrics.py": 125,
+    "test_cli.py": 115,
+    "test_supervisor.py": 107,
+    "test_local_platform.py": 103,
+    "test_analysis.py": 65,
+    "test_operations.py": 63,
 }
 
 

@@ -20,7 +20,7 @@ from expo_platform import beacons as bc
 from expo_platform import lake
 from expo_platform.dagster_home import prepare_dagster_home
 from expo_platform.errors import ExpoError
-from expo_platform.generator import GeneratorConfig, iter_lines
+from expo_platform.generator import GeneratorConfig, iter_lines, write_landing
 from expo_platform.hours import HOUR_MS, hour_iso, hour_key, hour_of_ms, hour_start_ms, parse_hour
 from expo_platform.metrics import (
     ALLOWED_ERROR,
@@ -32,6 +32,7 @@ from expo_platform.metrics import (
 from expo_platform.offsets import ZkOffsets
 from expo_platform.producer import produce_lines
 from expo_platform.services import ensure_topic
+from expo_platform.settings import load_settings
 from expo_platform.store import MetricStore
 from expo_platform.stream import MicroBatch, StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
@@ -40,6 +41,7 @@ from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
 from tests.test_batch_layer import PROJECT
 
 START = parse_hour("2026-03-02T10")
+TRAFFIC = GeneratorConfig(start=START, hours=3, visitors=700, seed=5, dirty_fraction=0.0)
 EXPO = str(Path(sys.executable).with_name("expo"))
 
 
@@ -66,15 +68,23 @@ def points(settings, layer: str) -> dict:
     return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
 
 
-def assert_speed_equals_batch(conf, monkeypatch) -> dict:
-    """The batch layer over what the stream landed: hours START and START + 1 (final once
-    the stream has passed START + 2) have the same experiment metrics in both layers;
-    visitors_24h, an estimate from sketches, within the 2% METRICS.md allows.
-    Returns the speed layer's points."""
-    monkeypatch.setenv("DAGSTER_HOME", str(conf.dagster_home))
-    prepare_dagster_home(conf, PROJECT)
-    run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
-    speed, batch = points(conf, "speed"), points(conf, "batch")
+def landed_lines(conf, files: str = "stream-*.json") -> list[str]:
+    """The lines of the landing zone's files (by default those the stream wrote)."""
+    return [
+        line
+        for path in sorted(conf.landing_dir.glob(f"hour=*/{files}"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def assert_speed_equals_batch(conf, batch: dict, traffic: list[str]) -> dict:
+    """The stream landed every line of the traffic (a replayed batch may land some twice,
+    which the batch layer's de-duplication removes), and hours START and START + 1 (final
+    once the stream has passed START + 2) have the batch layer's experiment metrics over
+    those lines (`batch_points`); visitors_24h, an estimate from sketches, within the 2%
+    METRICS.md allows. Returns the speed layer's points."""
+    assert set(landed_lines(conf)) == set(traffic)
+    speed = points(conf, "speed")
     final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
     compared = 0
     for key, value in batch.items():
@@ -92,8 +102,33 @@ def assert_speed_equals_batch(conf, monkeypatch) -> dict:
 @pytest.fixture(scope="module")
 def traffic():
     """Three hours of clean generated traffic, in time order."""
-    config = GeneratorConfig(start=START, hours=3, visitors=700, seed=5, dirty_fraction=0.0)
-    return [line for _, line, _ in iter_lines(config)]
+    return [line for _, line, _ in iter_lines(TRAFFIC)]
+
+
+@pytest.fixture(scope="module")
+def batch_points(spark, session_lake, tmp_path_factory, traffic) -> dict:
+    """The batch layer's points over the module's traffic, landed by hour: the hourly asset
+    jobs of hours START to START + 2, metrics of START and START + 1.
+
+    The batch layer's results follow from the landed lines alone, so one run serves every
+    test whose stream landed the traffic (`assert_speed_equals_batch` checks that it did).
+    """
+    root = tmp_path_factory.mktemp("batch-of-the-traffic")
+    (root / "lake").mkdir()
+    conf = load_settings(
+        {},
+        lake=root / "lake",
+        metric_store=f"sqlite:///{root / 'metrics.sqlite'}",
+        dagster_home=root / "dagster",
+        spark_conf=session_lake.spark_conf,
+    )
+    write_landing(TRAFFIC, conf.landing_dir)
+    assert Counter(landed_lines(conf, "*.json")) == Counter(traffic)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("DAGSTER_HOME", str(conf.dagster_home))
+        prepare_dagster_home(conf, PROJECT)
+        run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
+    return points(conf, "batch")
 
 
 def test_speed_equals_batch_once_the_next_hour_has_passed(
@@ -102,7 +137,7 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     kafka,  # noqa: F811
     zookeeper,  # noqa: F811
     traffic,
-    monkeypatch,
+    batch_points,
 ):
     topic = unique_topic("stream")
     ensure_topic(kafka.address, topic, 4)
@@ -112,18 +147,13 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     assert report.batches >= 3  # maxOffsetsPerTrigger splits the backlog
 
     # Every message reached the landing zone, once.
-    landed = [
-        line
-        for path in sorted(conf.landing_dir.glob("hour=*/stream-*.json"))
-        for line in path.read_text().splitlines()
-    ]
-    assert Counter(landed) == Counter(traffic)
+    assert Counter(landed_lines(conf)) == Counter(traffic)
 
     # The offsets committed to ZooKeeper are the end of the topic.
     with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
         assert sum(zk.read(topic).values()) == len(traffic)
 
-    speed = assert_speed_equals_batch(conf, monkeypatch)
+    speed = assert_speed_equals_batch(conf, batch_points, traffic)
     # Data quality of the stream: everything valid, nothing late.
     valid = sum(v for k, v in speed.items() if k[0] == "beacons_valid")
     assert valid == len(traffic)
@@ -172,7 +202,7 @@ def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
     kafka,  # noqa: F811
     zookeeper,  # noqa: F811
     traffic,
-    monkeypatch,
+    batch_points,
 ):
     """A batch re-sessionizes only the sessions it touches and keeps the others' rows; it
     merges its visitors into the hours' sketches. A crash between moving an hour's old folder
@@ -196,7 +226,7 @@ def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
 
     produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] >= middle])
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
-    assert_speed_equals_batch(conf, monkeypatch)
+    assert_speed_equals_batch(conf, batch_points, traffic)
 
 
 def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_the_sketches(
@@ -206,6 +236,7 @@ def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_
     zookeeper,  # noqa: F811
     traffic,
     monkeypatch,
+    batch_points,
 ):
     """The second batch crashes after writing its counted beacons and before merging them
     into the sketches, and the checkpoint is lost. The next epoch reads the batch's messages
@@ -251,7 +282,7 @@ def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_
             for r in estimated_visitors(sketched, "v").where("population = 'assigned'").collect()
         }
         assert estimates == dict(exact), hour
-    assert_speed_equals_batch(conf, monkeypatch)
+    assert_speed_equals_batch(conf, batch_points, traffic)
 
 
 @pytest.mark.parametrize("newest_minute", [59.5, 36.5], ids=["end-on-the-hour", "end-mid-hour"])

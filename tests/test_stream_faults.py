@@ -1,6 +1,7 @@
 """Faults of the speed layer: `expo stream` as a real process against the real broker and
 ZooKeeper is killed, stopped and cut off from its services, then catches up; its final metric
-store must equal the store of one uninterrupted `--until-idle` run over the same messages.
+store must equal the store of one uninterrupted `--until-idle` run over the same messages. So
+must the store of two regions whose writer lease moves between them (writer fail-over).
 
 What depends on micro-batch boundaries, and how the comparison deals with it:
 
@@ -38,7 +39,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -431,40 +432,19 @@ def test_the_reference_counts_every_message(reference, traffic):
 
 
 @pytest.mark.slow
-def test_kill_9_in_the_middle_of_a_micro_batch_then_catch_up(
+def test_sigterm_then_kill_9_mid_batch_each_restart_resumes_where_the_last_stopped(
     kafka,  # noqa: F811
     zookeeper,  # noqa: F811
     topic,
     reference,
     tmp_path,
 ):
-    with App(kafka, zookeeper, topic, tmp_path) as app:
-        first = app.start("--until-idle")
-        first.wait_for_log(f"batch {FIRST_BATCH} done")
-        wait_until(lambda: first.running_jobs(), 60, "running job of the second batch", first)
-        first.kill9()
-        assert [key for key, _ in first.done()] == [FIRST_BATCH], first.tail()
-        # Spark had planned the second batch but not finished it; ZooKeeper has the first.
-        assert app.checkpointed("offsets") == {0, 1}
-        assert app.checkpointed("commits") == {0}
-        assert app.committed() == first.done()[0][1]
+    """A SIGTERM lets the batch in flight finish; a kill -9 in the middle of the next batch
+    loses it, and the restart replays it with the same offsets.
 
-        second = app.start("--until-idle")
-        assert second.wait() == 0, second.tail()
-        assert "stream stopped (idle) after 2 micro-batches" in second.stdout(), second.tail()
-        # The second batch is replayed with the same offsets: the boundaries stay the same.
-        assert first.done() + second.done() == reference.batches
-        assert_same_store(app, reference, same_boundaries=True)
-
-
-@pytest.mark.slow
-def test_sigterm_lets_the_batch_in_flight_finish_and_a_restart_resumes(
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
-    topic,
-    reference,
-    tmp_path,
-):
+    One app over the three batches takes both stops in turn (a case each would cost two
+    Spark apps and three micro-batches more).
+    """
     with App(kafka, zookeeper, topic, tmp_path) as app:
         first = app.start()  # processing-time trigger
         first.wait_for_log(f"batch {FIRST_BATCH} done")
@@ -479,36 +459,72 @@ def test_sigterm_lets_the_batch_in_flight_finish_and_a_restart_resumes(
         assert "failed while stopping" not in first.log()
 
         second = app.start("--until-idle")
-        assert second.wait() == 0, second.tail()
-        assert "stream stopped (idle) after 1 micro-batches" in second.stdout(), second.tail()
-        assert first.done() + second.done() == reference.batches
+        wait_until(
+            lambda: second.running_jobs(), RUN_TIMEOUT, "running job of the third batch", second
+        )
+        second.kill9()
+        assert second.done() == [], second.tail()
+        # Spark had planned the third batch but not finished it; ZooKeeper has the second.
+        assert app.checkpointed("offsets") == {0, 1, 2}
+        assert app.checkpointed("commits") == {0, 1}
+        assert app.committed() == first.done()[-1][1]
+
+        third = app.start("--until-idle")
+        assert third.wait() == 0, third.tail()
+        assert "stream stopped (idle) after 1 micro-batches" in third.stdout(), third.tail()
+        # The third batch is replayed with the same offsets: the boundaries stay the same.
+        assert first.done() + third.done() == reference.batches
         assert_same_store(app, reference, same_boundaries=True)
 
 
 @pytest.mark.slow
-def test_a_broker_outage_is_ridden_out_and_later_messages_are_read(
+def test_zookeeper_store_and_broker_outages_are_ridden_out_and_later_messages_are_read(
     kafka,  # noqa: F811
     zookeeper,  # noqa: F811
     traffic,
     reference,
     tmp_path,
 ):
-    # The reference's messages in a topic of their own: half now, half after the outage.
-    topic = unique_topic("broker-outage")
+    """ZooKeeper goes away during the first micro-batch: only its offset commit waits. The
+    metric store goes away during the second: its writes are retried. Then, with the app
+    idle, the broker goes away: the query fails and restarts, and reads the messages that
+    come after. The run ends with the reference's store, landing zone and offsets.
+
+    One app takes the three outages in turn (a run of its own each would cost the suite two
+    Spark apps and some seven micro-batches more). The reference's messages are in a topic
+    of their own, half before the outages and half after, so the batch boundaries differ
+    from the reference's (`same_boundaries=False`).
+    """
+    topic = unique_topic("outages")
     ensure_topic(kafka.address, topic, PARTITIONS)
     half = len(traffic) // 2
+    assert MAX_OFFSETS < half < 2 * MAX_OFFSETS  # two micro-batches before the broker's outage
     produce(kafka, topic, traffic[:half])
     with App(kafka, zookeeper, topic, tmp_path) as app:
         run = app.start()
+        # The first batch is running: ZooKeeper was read and the first commit is ahead.
+        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
+        with outage(zookeeper.pause, zookeeper.resume):
+            # The batch's writes succeed; its offset commit fails and is retried.
+            run.wait_for_log("committing offsets to ZooKeeper failed, retrying", timeout=120)
+        run.wait_for_log(f"batch {FIRST_BATCH} done")
+        store_failed = re.compile(r"writing [^\n]* failed, retrying")
+        assert not store_failed.search(run.log()), "ZooKeeper's outage failed a store write"
+
+        # As root, chmod 000 does not keep SQLite out, and an exclusive lock only makes writers
+        # wait (SQLite's busy timeout is 30 s): moving the store's folder away makes every
+        # connection fail, as with a database server that is down.
+        wait_until(lambda: run.running_jobs(), 60, "running job of the second batch", run)
+        away = app.store_dir.with_name("store-away")
+        with outage(lambda: app.store_dir.rename(away), lambda: away.rename(app.store_dir)):
+            run.wait_for_log(store_failed.pattern, timeout=90)
+        assert "is unreachable: unable to open database file" in run.log()
+
         app.wait_caught_up(run)
-        kafka.pause()
-        try:
-            paused = time.monotonic()
+        assert [key for key, _ in run.done()] == [FIRST_BATCH, SECOND_BATCH], run.tail()
+        with outage(kafka.pause, kafka.resume):
             # Planning the next batch cannot reach the broker: the query fails and restarts.
             run.wait_for_log("the query failed, restarting it", timeout=90)
-            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - paused)))
-        finally:
-            kafka.resume()
         produce(kafka, topic, traffic[half:])
         app.wait_caught_up(run)
         assert run.alive()
@@ -519,63 +535,17 @@ def test_a_broker_outage_is_ridden_out_and_later_messages_are_read(
         assert_same_store(app, reference, same_boundaries=False)
 
 
-@pytest.mark.slow
-def test_a_zookeeper_outage_delays_the_offset_commit_and_nothing_else(
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
-    topic,
-    reference,
-    tmp_path,
-):
-    with App(kafka, zookeeper, topic, tmp_path) as app:
-        run = app.start()
-        # The first batch is running: ZooKeeper was read and the first commit is ahead.
-        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
-        zookeeper.pause()
-        try:
-            paused = time.monotonic()
-            # The batch's writes succeed; its offset commit fails and is retried.
-            run.wait_for_log("committing offsets to ZooKeeper failed, retrying", timeout=120)
-            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - paused)))
-        finally:
-            zookeeper.resume()
-        app.wait_caught_up(run)
-        assert run.alive()
-        run.terminate()
-        assert run.wait(120) == 0, run.tail()
-        assert run.done() == reference.batches
-        assert_same_store(app, reference, same_boundaries=True)
-
-
-@pytest.mark.slow
-def test_a_metric_store_outage_is_retried(
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
-    topic,
-    reference,
-    tmp_path,
-):
-    # As root, chmod 000 does not keep SQLite out, and an exclusive lock only makes writers
-    # wait (SQLite's busy timeout is 30 s): moving the store's folder away makes every
-    # connection fail, as with a database server that is down.
-    with App(kafka, zookeeper, topic, tmp_path) as app:
-        run = app.start()
-        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
-        away = app.store_dir.with_name("store-away")
-        app.store_dir.rename(away)
-        try:
-            moved = time.monotonic()
-            run.wait_for_log(r"writing [^\n]* failed, retrying", timeout=90)
-            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - moved)))
-        finally:
-            away.rename(app.store_dir)
-        app.wait_caught_up(run)
-        assert run.alive()
-        run.terminate()
-        assert run.wait(120) == 0, run.tail()
-        assert "is unreachable: unable to open database file" in run.log()
-        assert run.done() == reference.batches
-        assert_same_store(app, reference, same_boundaries=True)
+@contextlib.contextmanager
+def outage(stop: Callable[[], object], start: Callable[[], object]) -> Iterator[None]:
+    """`stop` a service, run the block (which waits for the app to notice), and `start` it
+    again once OUTAGE_SECONDS have passed since the stop, or at once if the block fails."""
+    stop()
+    stopped = time.monotonic()
+    try:
+        yield
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
+    finally:
+        start()
 
 
 @pytest.mark.slow
@@ -588,6 +558,97 @@ def test_the_spark_ui_serves_the_app_and_the_query_gauges_while_it_runs(referenc
     assert set(GAUGES) <= set(ui["gauges"]), ui["gauges"]
     assert ui["gauges"]["processingRate-total"] > 0
     assert ui["gauges"]["inputRate-total"] > 0
+
+
+# -- writer fail-over between two regions ----------------------------------------------
+
+
+def expo_writer(app: App, *args: str) -> str:
+    env = app.env()
+    done = subprocess.run(
+        [sys.executable, "-m", "expo_platform.cli", "writer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def writer_of(app: App) -> str:
+    """The region holding the writer lease, from `expo writer status`."""
+    status = expo_writer(app, "status")
+    return re.search(r"writing (\S+),", status)[1]
+
+
+def written_batches(run: Run) -> int:
+    """Micro-batches the run finished as the writer (a standby's are marked)."""
+    return len(re.findall(r"done in [\d.]+s:", run.log()))
+
+
+@pytest.mark.slow
+def test_writer_fail_over_between_two_regions(
+    kafka,  # noqa: F811
+    zookeeper,  # noqa: F811
+    traffic,  # noqa: F811
+    reference,  # noqa: F811
+    tmp_path,
+):
+    """Region a writes; `expo writer switch --to b` moves the writes to b; b is killed and a
+    takes the lease back once b's expires. The store and landing zone equal the reference's:
+    no hour missing, nothing counted twice; each region's state saw every message.
+
+    The reference's traffic comes in three parts, each one micro-batch of either region: the
+    first before the switch, the second after it (b writes it), the third after b's kill (a
+    writes it once it has taken over), so each step happens mid-traffic by construction.
+    """
+    parts_topic = unique_topic("fail-over")
+    ensure_topic(kafka.address, parts_topic, PARTITIONS)
+    third = -(-len(traffic) // 3)
+    parts = [traffic[i : i + third] for i in range(0, len(traffic), third)]
+    assert len(parts) == 3 and max(map(len, parts)) <= MAX_OFFSETS
+    produce(kafka, parts_topic, parts[0])
+    a = App(kafka, zookeeper, parts_topic, tmp_path, region="a")
+    b = App(kafka, zookeeper, parts_topic, tmp_path, region="b")
+    with a, b:
+        run_a = a.start()
+        wait_until(lambda: writer_of(a) == "a", RUN_TIMEOUT, "region a writing", run_a)
+        run_b = b.start()
+        run_b.wait_for_log(r"batch 0000-00000000 done in [\d.]+s \(standby\)")
+        assert "(standby)" not in run_a.log(), run_a.tail()
+        assert written_batches(run_a) == 1 and written_batches(run_b) == 0
+
+        out = expo_writer(a, "switch", "--to", "b")
+        assert "preferred writer" in out and ": b " in out, out
+        wait_until(lambda: writer_of(a) == "b", 60, "region b writing", run_b)
+        run_a.wait_for_log("writes handed over to region b", timeout=30)
+        run_b.wait_for_log("took over the writes", timeout=30)
+        # b writes the second part, then dies holding the lease.
+        produce(kafka, parts_topic, parts[1])
+        wait_until(lambda: written_batches(run_b) > 0, RUN_TIMEOUT, "a batch written by b", run_b)
+        run_b.kill9()
+        killed = time.monotonic()
+        wait_until(lambda: writer_of(a) == "a", 60, "region a writing again", run_a)
+        taken_after = time.monotonic() - killed
+        # The lease outlives its dead holder by the session timeout, not much longer. The
+        # session's clock runs from b's last heartbeat (every third of the timeout), not from
+        # the kill: it can expire up to a third of the timeout sooner (4.7 s of 6 was seen).
+        assert LEASE_SECONDS * 2 / 3 - 1 <= taken_after <= LEASE_SECONDS + 20, taken_after
+        wait_until(
+            lambda: run_a.log().count("took over the writes") == 2, 60, "a's take-over", run_a
+        )
+        produce(kafka, parts_topic, parts[2])
+        a.wait_caught_up(run_a)
+        run_a.terminate()
+        assert run_a.wait(120) == 0, run_a.tail()
+        after = run_a.log().split("took over the writes")[-1]
+        assert re.search(r"done in [\d.]+s:", after), "no batch written after the take-over"
+        assert a.committed() == topic_ends(kafka, parts_topic)
+        # The store, the landing zone (every message once) and a's quarantine are those of
+        # the uninterrupted reference run; b quarantined what it read before it died.
+        assert_same_store(a, reference, same_boundaries=False)
+        assert quarantined(b.stream_dir) <= reference.quarantined
 
 
 def test_which_query_failures_a_restart_may_cure():
