@@ -31,6 +31,15 @@ def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(1)
 
 
+def landed_lines(landing_dir: Path, files: str = "*.json") -> list[str]:
+    """The lines of the landing zone's files named like `files`, in path order."""
+    return [
+        line
+        for path in sorted(landing_dir.glob(f"hour=*/{files}"))
+        for line in path.read_text().splitlines()
+    ]
+
+
 def supervisor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor=None):
     """Evaluate one tick of `streaming_supervisor` with the resources of `defs`."""
     from sensors.supervisor import streaming_supervisor

@@ -38,11 +38,13 @@ from expo_platform.stream import MicroBatch, StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
 from tests import clickstream as cs
 from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from tests.helpers import landed_lines
 from tests.test_batch_layer import PROJECT
 
 START = parse_hour("2026-03-02T10")
 TRAFFIC = GeneratorConfig(start=START, hours=3, visitors=700, seed=5, dirty_fraction=0.0)
 EXPO = str(Path(sys.executable).with_name("expo"))
+STREAM_FILES = "stream-*.json"  # the landing files the stream writes
 
 
 STEPS = ("read_dedup", "land", "counted_write", "quality", "sessions", "metrics", "rolling")
@@ -68,22 +70,13 @@ def points(settings, layer: str) -> dict:
     return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
 
 
-def landed_lines(conf, files: str = "stream-*.json") -> list[str]:
-    """The lines of the landing zone's files (by default those the stream wrote)."""
-    return [
-        line
-        for path in sorted(conf.landing_dir.glob(f"hour=*/{files}"))
-        for line in path.read_text().splitlines()
-    ]
-
-
 def assert_speed_equals_batch(conf, batch: dict, traffic: list[str]) -> dict:
     """The stream landed every line of the traffic (a replayed batch may land some twice,
     which the batch layer's de-duplication removes), and hours START and START + 1 (final
     once the stream has passed START + 2) have the batch layer's experiment metrics over
     those lines (`batch_points`); visitors_24h, an estimate from sketches, within the 2%
     METRICS.md allows. Returns the speed layer's points."""
-    assert set(landed_lines(conf)) == set(traffic)
+    assert set(landed_lines(conf.landing_dir, STREAM_FILES)) == set(traffic)
     speed = points(conf, "speed")
     final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
     compared = 0
@@ -123,7 +116,7 @@ def batch_points(spark, session_lake, tmp_path_factory, traffic) -> dict:
         spark_conf=session_lake.spark_conf,
     )
     write_landing(TRAFFIC, conf.landing_dir)
-    assert Counter(landed_lines(conf, "*.json")) == Counter(traffic)
+    assert Counter(landed_lines(conf.landing_dir)) == Counter(traffic)
     with pytest.MonkeyPatch.context() as patched:
         patched.setenv("DAGSTER_HOME", str(conf.dagster_home))
         prepare_dagster_home(conf, PROJECT)
@@ -147,7 +140,7 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     assert report.batches >= 3  # maxOffsetsPerTrigger splits the backlog
 
     # Every message reached the landing zone, once.
-    assert Counter(landed_lines(conf)) == Counter(traffic)
+    assert Counter(landed_lines(conf.landing_dir, STREAM_FILES)) == Counter(traffic)
 
     # The offsets committed to ZooKeeper are the end of the topic.
     with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
@@ -377,12 +370,8 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
 
     # The late and the invalid-but-dated beacons reach the landing zone: the batch layer
     # decides about them. The undatable ones are in the quarantine with their reason.
-    landed = {
-        line
-        for path in conf.landing_dir.glob("hour=*/stream-0000-00000001-*.json")
-        for line in path.read_text().splitlines()
-    }
-    assert landed == {bad[0], bad[1], bad[-1]}
+    landed = landed_lines(conf.landing_dir, "stream-0000-00000001-*.json")
+    assert set(landed) == {bad[0], bad[1], bad[-1]}
     quarantine = spark.read.parquet(str(StreamFiles(conf).quarantine_dir / "batch=0000-00000001"))
     reasons = sorted((r["reason"], r["raw"][:20]) for r in quarantine.collect())
     assert reasons == [
