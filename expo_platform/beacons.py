@@ -3,8 +3,8 @@
 Each line is parsed once into a VARIANT, whose value types are exactly JSON's (an integer is
 BIGINT, `17.0` is a DECIMAL, `"17"` is a STRING), so every rule can be checked precisely
 with Spark expressions and no Python per row. The fields the rules read are looked up in
-that VARIANT once per line (`_FIELDS_TYPE`): a lookup scans the object's keys, and reading
-`$.ts` once for its type and again for its value made validation twice as slow.
+that VARIANT once per line (`_FIELDS_TYPE`): a lookup scans the object's keys, and each rule
+reading its own `$.path` took 26 scans a line.
 """
 
 from __future__ import annotations

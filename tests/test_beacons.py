@@ -52,6 +52,7 @@ CASES = [
     (without("experiments"), None),
     (beacon(perf=None), None),
     (beacon(perf={}), None),
+    (beacon(perf={"page_load_ms": None}), None),
     (beacon(type="order", order=ORDER), None),
     (beacon(type="order", order={"order_id": "o-1", "revenue": 0, "units": 0}), None),
     (beacon(type="page_view", order="ignored"), None),
@@ -63,6 +64,7 @@ CASES = [
     ('"a string"', "malformed_json"),
     ("42", "malformed_json"),
     ("null", "malformed_json"),
+    ('{"event_id":"e","event_id":"f"}', "malformed_json"),  # a key twice
     # 2. missing_field
     (without("event_id"), "missing_field"),
     (beacon(visitor_id=None), "missing_field"),
@@ -92,6 +94,7 @@ CASES = [
     (beacon(type="order", order={"order_id": 5, "revenue": 1, "units": 1}), "bad_field"),
     (beacon(type="order", order={"revenue": 1, "units": 1}), "bad_field"),
     (beacon(type="order", order=[1]), "bad_field"),
+    (beacon(type="order", order="o-1"), "bad_field"),
     (beacon(experiments={"id": "e"}), "bad_field"),
     (beacon(experiments=["e"]), "bad_field"),
     (beacon(experiments=[{"id": "e"}]), "bad_field"),
@@ -100,6 +103,7 @@ CASES = [
     (beacon(perf=5), "bad_field"),
     (beacon(perf={"page_load_ms": -1}), "bad_field"),
     (beacon(perf={"page_load_ms": 1.5}), "bad_field"),
+    (beacon(perf={"page_load_ms": "5"}), "bad_field"),
     # 4. wrong_partition
     (beacon(ts=TS - 3_600_000), "wrong_partition"),
     (beacon(ts=(HOUR_INDEX + 1) * 3_600_000), "wrong_partition"),
