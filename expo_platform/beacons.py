@@ -42,16 +42,29 @@ def _kind(v: Column, path: str) -> Column:
     return F.schema_of_variant(F.variant_get(v, path, "variant"))
 
 
+def _variants(*names: str) -> str:
+    """The type of a struct of these fields, each a VARIANT."""
+    return "struct<" + ",".join(f"{name}:variant" for name in names) + ">"
+
+
 # The top-level fields of a beacon, read out of the parsed line in one lookup each (a cast to
 # a struct of variants: an absent field, or a line that is not an object, gives NULL), and
 # the fields of `order` and `perf`, read out of those the same way.
-_FIELDS_TYPE = (
-    "struct<event_id:variant,visitor_id:variant,session_id:variant,ts:variant,type:variant,"
-    "page:variant,experiments:variant,order:variant,perf:variant,error:variant>"
+_FIELDS_TYPE = _variants(
+    "event_id",
+    "visitor_id",
+    "session_id",
+    "ts",
+    "type",
+    "page",
+    "experiments",
+    "order",
+    "perf",
+    "error",
 )
 _NESTED_TYPES = {
-    "order": "struct<order_id:variant,revenue:variant,units:variant>",
-    "perf": "struct<page_load_ms:variant>",
+    "order": _variants("order_id", "revenue", "units"),
+    "perf": _variants("page_load_ms"),
 }
 
 
@@ -328,8 +341,8 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
             "detail": detail,
         }
     )
-    helpers = ["_v", "_f", "_order", "_perf", "_experiments", "_k_experiments"]
-    helpers += ["_order_id", "_revenue", "_units"]
+    helpers = ["_v", "_f", *[f"_{name}" for name in _NESTED_TYPES], "_experiments"]
+    helpers += ["_k_experiments", "_order_id", "_revenue", "_units"]
     return out.drop(*helpers, *kinds, *[f"_s_{name}" for name in statuses])
 
 
