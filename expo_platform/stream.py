@@ -77,7 +77,7 @@ from expo_platform.metrics import (
     wide_points,
 )
 from expo_platform.offsets import ZkOffsets
-from expo_platform.settings import JIT_OPTIONS, Settings
+from expo_platform.settings import JVM_OPTIONS, Settings
 from expo_platform.spark import object_hash_aggregate
 from expo_platform.store import MetricStore, Point
 from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
@@ -844,7 +844,7 @@ def stream_spark_config(settings: Settings) -> dict[str, str]:
             **STREAM_SQL_CONF,
         }
     )
-    conf["spark.driver.extraJavaOptions"] = JIT_OPTIONS  # not the batch layer's Derby home
+    conf["spark.driver.extraJavaOptions"] = JVM_OPTIONS  # not the batch layer's Derby home
     conf.update(settings.spark_conf)
     return conf
 
