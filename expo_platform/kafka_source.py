@@ -409,9 +409,20 @@ class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow)
         request = {TopicPartition(self.options.topic, p): spec for p in partitions}
         futures = self._admin_client().list_offsets(request, request_timeout=METADATA_TIMEOUT)
         try:
-            return {tp.partition: f.result().offset for tp, f in futures.items()}
+            offsets = {tp.partition: f.result().offset for tp, f in futures.items()}
         except KafkaException as exc:
             raise ExpoError(f"cannot list offsets of {self.options.topic}: {exc}") from None
+        # A broker that stops answering mid-request times the request out without an error:
+        # confluent-kafka then gives OFFSET_INVALID (-1001), which is no offset at all (read as
+        # an end, it would look like data loss).
+        unanswered = sorted(p for p, offset in offsets.items() if offset < 0)
+        if unanswered:
+            raise ExpoError(
+                f"Kafka at {self.options.bootstrap} is unreachable: no {spec_name} offset of "
+                f"{self.options.topic} partitions {unanswered} within {METADATA_TIMEOUT:.0f}s "
+                f"(offset {offsets[unanswered[0]]})"
+            )
+        return offsets
 
     def _bounds(self) -> dict[int, tuple[int, int]]:
         partitions = self._partition_ids()

@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from pyspark.sql import DataFrame
+from pyspark.sql.streaming.datasource import ReadAllAvailable
 
+from expo_platform import kafka_source
 from expo_platform.errors import ExpoError
 from expo_platform.generator import GeneratorConfig, iter_lines
 from expo_platform.kafka_source import (
     SCHEMA,
     SOURCE_NAME,
+    ExpoKafkaStreamReader,
+    SourceOptions,
     builtin_kafka_options,
     end_offsets_of_batch,
+    from_json_offsets,
     parse_starting_offsets,
     read_stream,
     register,
@@ -314,6 +319,29 @@ def test_offsets_past_the_broker_end_fail_clearly(
     options["failOnDataLoss"] = "false"
     out, _ = run_available_now(spark, options, tmp_path / "ck2")
     assert out.count() == 5
+
+
+def test_a_broker_that_stops_answering_is_unreachable_not_data_loss(
+    kafka,  # noqa: F811
+    topic,
+    monkeypatch,
+):
+    """A broker frozen between the metadata and the offsets request: confluent-kafka times the
+    request out with OFFSET_INVALID (-1001) per partition, not an error. Planning must fail as
+    an outage (the app restarts the query), not as offsets before the query's position."""
+    produce_lines(kafka.address, topic, beacons(30), conf=EXACT_END_OFFSETS)
+    monkeypatch.setattr(kafka_source, "METADATA_TIMEOUT", 2.0)
+    reader = ExpoKafkaStreamReader(SourceOptions.parse(source_options(kafka, topic)))
+    position = from_json_offsets(reader.latestOffset(reader.initialOffset(), ReadAllAvailable()))
+    assert sum(position.values()) == 30  # the broker answers before the outage
+    partitions = reader._partition_ids()
+    kafka.pause()
+    try:
+        with pytest.raises(ExpoError, match=rf"Kafka at {kafka.address} is unreachable: no latest"):
+            reader._end_offsets(partitions)
+    finally:
+        kafka.resume()
+    assert reader._end_offsets(partitions) == position
 
 
 def test_read_stream_has_the_uniform_schema(spark, settings, kafka, topic):  # noqa: F811
