@@ -241,6 +241,30 @@ class MetricStore:
 
         return self._call(read)
 
+    def values(
+        self,
+        *,
+        layer: str,
+        hour_from: str | None = None,
+        hour_to: str | None = None,
+        quality: bool | None = False,
+        by_hour: bool = True,
+    ) -> dict[tuple, float]:
+        """A layer's values keyed by (metric, experiment, variant, population, hour), for
+        comparing stores. `quality=None` gives experiment and data-quality points together;
+        `by_hour=False` leaves the hour out of the key (one hour's points only)."""
+        kinds = (False, True) if quality is None else (quality,)
+        found = [
+            p
+            for kind in kinds
+            for p in self.query(layer=layer, hour_from=hour_from, hour_to=hour_to, quality=kind)
+        ]
+        if not by_hour and len({p.hour for p in found}) > 1:
+            raise ValueError("by_hour=False needs the points of one hour")
+        width = 5 if by_hour else 4
+        keys = [(p.metric, p.experiment, p.variant, p.population, p.hour)[:width] for p in found]
+        return {key: p.value for key, p in zip(keys, found, strict=True)}
+
 
 def _row(p: Point) -> tuple:
     metric, experiment, variant, population, hour, layer, value = astuple(p)

@@ -84,8 +84,7 @@ def batch_env(settings, monkeypatch):
 
 def values(settings, layer="batch", quality=False) -> dict:
     with MetricStore(settings.metric_store) as store:
-        points = store.query(layer=layer, quality=quality)
-    return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in points}
+        return store.values(layer=layer, quality=quality)
 
 
 def test_hand_built_hours_give_hand_computed_metrics(batch_env, spark):

@@ -8,7 +8,7 @@ import pytest
 
 from bench import duckdb_peer
 from bench.__main__ import table
-from bench.batch import HOUR, cached_input, compare, run_spark
+from bench.batch import HOUR, SparkRun, cached_input, compare, run_spark
 from expo_platform.hours import HOUR_MS, hour_start_ms
 
 
@@ -22,11 +22,25 @@ def test_duckdb_peer_agrees_with_the_batch_layer(tmp_path, monkeypatch):
     peer_values, _ = duckdb_peer.hour_metrics(data.files, hour_start_ms(HOUR) // HOUR_MS)
     assert compare(spark.values, peer_values) == []
     assert len(spark.values) > 100 and spark.seconds > 0 and spark.peak > 0
-    # The second run of the same hours, in the same JVM, leaves the store as it was.
-    assert spark.warm_seconds > 0 and compare(spark.rerun_values, spark.values) == []
+    # The second run of the same hours, in the same JVM, leaves the store as it was, exactly.
+    assert spark.warm_seconds > 0 and spark.rerun_values == spark.values
+    assert spark.rerun_changes() == []
     # The comparison does catch a difference.
     key = next(iter(peer_values))
     assert compare(spark.values, {**peer_values, key: peer_values[key] + 1}) != []
+
+
+def test_a_rerun_must_leave_every_value_exactly_as_it_was():
+    first = {("visits", "e", "A", "assigned"): 3.0, ("orders", "e", "A", "assigned"): 1.0}
+    same = SparkRun(first, 1.0, 1.0, dict(first), peak=1)
+    assert same.rerun_changes() == []
+    drifted = {**first, ("visits", "e", "A", "assigned"): 3.0 + 1e-12}
+    del drifted[("orders", "e", "A", "assigned")]
+    changes = SparkRun(first, 1.0, 1.0, drifted, peak=1).rerun_changes()
+    assert changes == [
+        "('orders', 'e', 'A', 'assigned'): 1.0 -> None",
+        f"('visits', 'e', 'A', 'assigned'): 3.0 -> {3.0 + 1e-12}",
+    ]
 
 
 def test_the_table_marks_targets():

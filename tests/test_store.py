@@ -105,6 +105,25 @@ def test_query_filters_and_sorting(store):
     assert keys == sorted(keys) and len(keys) == 4
 
 
+def test_values_key_a_layers_points_for_comparing_stores(store):
+    quality = pt(metric="beacons_total", experiment="", variant="", population="", value=9.0)
+    store.upsert([pt(value=3.0), pt(hour=H2, value=4.0), pt(layer="speed", value=7.0), quality])
+    assert store.values(layer="batch") == {
+        ("visits", "exp", "A", "assigned", H1): 3.0,
+        ("visits", "exp", "A", "assigned", H2): 4.0,
+    }
+    assert store.values(layer="batch", quality=None) == {
+        ("visits", "exp", "A", "assigned", H1): 3.0,
+        ("visits", "exp", "A", "assigned", H2): 4.0,
+        ("beacons_total", "", "", "", H1): 9.0,
+    }
+    assert store.values(layer="batch", hour_from=H2, hour_to=H2, by_hour=False) == {
+        ("visits", "exp", "A", "assigned"): 4.0
+    }
+    with pytest.raises(ValueError, match="one hour"):
+        store.values(layer="batch", by_hour=False)  # two hours would share keys
+
+
 def test_invalid_points_write_nothing(store):
     with pytest.raises(ValueError, match="layer"):
         store.upsert([pt(), pt(layer="fast")])

@@ -66,8 +66,7 @@ def stream_settings(settings, kafka, zookeeper, topic, **overrides):  # noqa: F8
 
 def points(settings, layer: str) -> dict:
     with MetricStore(settings.metric_store) as store:
-        found = store.query(layer=layer) + store.query(layer=layer, quality=True)
-    return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
+        return store.values(layer=layer, quality=None)
 
 
 def assert_speed_equals_batch(conf, batch: dict, traffic: list[str]) -> dict:

@@ -283,8 +283,7 @@ def topic_ends(kafka: Service, topic: str) -> dict[int, int]:  # noqa: F811
 
 def speed_points(store: Path) -> dict[tuple, float]:
     with MetricStore(f"sqlite:///{store}") as metric_store:
-        found = metric_store.query(layer="speed") + metric_store.query(layer="speed", quality=True)
-    return {(p.metric, p.experiment, p.variant, p.population, p.hour): p.value for p in found}
+        return metric_store.values(layer="speed", quality=None)
 
 
 @dataclass
