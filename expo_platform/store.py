@@ -207,9 +207,10 @@ class MetricStore:
         metrics: Sequence[str] | None = None,
         hour_from: str | None = None,
         hour_to: str | None = None,
-        quality: bool = False,
+        quality: bool | None = False,
     ) -> list[Point]:
-        """Points of a layer ('batch', 'speed' or 'merged'), filtered and sorted by key."""
+        """Points of a layer ('batch', 'speed' or 'merged'), filtered and sorted by key:
+        experiment points, or data-quality points (`quality=True`), or both (`None`)."""
         if layer not in (*LAYERS, "merged"):
             raise ValueError(f"layer must be batch, speed or merged, not {layer!r}")
         source = (
@@ -218,7 +219,9 @@ class MetricStore:
             else points_table
         )
         c = source.c
-        conditions = [c.experiment == ""] if quality else [c.experiment != ""]
+        conditions = []
+        if quality is not None:
+            conditions.append(c.experiment == "" if quality else c.experiment != "")
         if layer != "merged":
             conditions.append(c.layer == layer)
         if experiment is not None:
@@ -253,17 +256,11 @@ class MetricStore:
         """A layer's values keyed by (metric, experiment, variant, population, hour), for
         comparing stores. `quality=None` gives experiment and data-quality points together;
         `by_hour=False` leaves the hour out of the key (one hour's points only)."""
-        kinds = (False, True) if quality is None else (quality,)
-        found = [
-            p
-            for kind in kinds
-            for p in self.query(layer=layer, hour_from=hour_from, hour_to=hour_to, quality=kind)
-        ]
+        found = self.query(layer=layer, hour_from=hour_from, hour_to=hour_to, quality=quality)
         if not by_hour and len({p.hour for p in found}) > 1:
             raise ValueError("by_hour=False needs the points of one hour")
-        width = 5 if by_hour else 4
-        keys = [(p.metric, p.experiment, p.variant, p.population, p.hour)[:width] for p in found]
-        return {key: p.value for key, p in zip(keys, found, strict=True)}
+        width = 5 if by_hour else 4  # Point's fields start with the key
+        return {astuple(p)[:width]: p.value for p in found}
 
 
 def _row(p: Point) -> tuple:
