@@ -23,8 +23,7 @@ def test_duckdb_peer_agrees_with_the_batch_layer(tmp_path, monkeypatch):
     assert compare(spark.values, peer_values) == []
     assert len(spark.values) > 100 and spark.seconds > 0 and spark.peak > 0
     # The second run of the same hours, in the same JVM, leaves the store as it was, exactly.
-    assert spark.warm_seconds > 0 and spark.rerun_values == spark.values
-    assert spark.rerun_changes() == []
+    assert spark.warm_seconds > 0 and spark.rerun_changes() == []
     # The comparison does catch a difference.
     key = next(iter(peer_values))
     assert compare(spark.values, {**peer_values, key: peer_values[key] + 1}) != []
