@@ -33,9 +33,18 @@ def explode_facts(sessions: DataFrame) -> DataFrame:
 
 
 def final_bounces(facts: DataFrame, next_sessions: DataFrame) -> DataFrame:
-    """Bounce candidates become bounces unless the visit went on in the next hour."""
-    continued = next_sessions.where(F.col("continued")).select(
-        "visit_id", F.lit(True).alias("went_on")
+    """Bounce candidates become bounces unless the visit went on in the next hour.
+
+    `next_sessions` may span several hours (a day's rows, for visitor facts): a visit that
+    went on through several of them has a continued row in each, so the continued visit ids
+    are made distinct, or the join would repeat every fact of the visit once per such hour.
+    A bounce candidate is a visit of one beacon so far, so any later continued row of it is
+    the one of the next hour.
+    """
+    continued = (
+        next_sessions.where(F.col("continued"))
+        .select("visit_id", F.lit(True).alias("went_on"))
+        .distinct()
     )
     return (
         facts.join(continued, "visit_id", "left")
