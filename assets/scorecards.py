@@ -1,5 +1,7 @@
 """The daily analysis assets: visitor_daily -> experiment_scorecards -> trend_reports."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
@@ -20,18 +22,45 @@ GROUP = "analysis"
     # day's last hour exists only once sessions of the next day's first hour are in, and
     # bounces need that hour: depending on it says the day is final.
     deps=["sessions", "experiment_metrics"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "visitor_sums_equal_hourly_metrics",
+            asset="visitor_daily",
+            blocking=True,
+            description=(
+                "Per key and metric, the day's per-visitor sums equal its hourly batch metrics "
+                "summed (METRICS.md section 7); a mismatch stops the scorecards."
+            ),
+        )
+    ],
     description=(
         "One row per (experiment, population, variant, visitor) and day: the visitor's sums of "
         "page_views, visits, bounces, orders, units, revenue and errors (METRICS.md section 7)."
     ),
 )
 def visitor_daily(
-    context: dg.AssetExecutionContext, pyspark: PySparkResource, expo: ExpoResource
-) -> dg.MaterializeResult:
+    context: dg.AssetExecutionContext,
+    pyspark: PySparkResource,
+    expo: ExpoResource,
+    metric_store: MetricStoreResource,
+) -> Iterator:
     """Sum the day's session facts per visitor, bounces made final by the following hour."""
-    result = batch.process_visitor_daily(spark(pyspark), expo.settings(), partition_day(context))
-    return dg.MaterializeResult(
+    settings, day = expo.settings(), partition_day(context)
+    result = batch.process_visitor_daily(spark(pyspark), settings, day)
+    yield dg.MaterializeResult(
         metadata={**result.counts, "preview": markdown_table(result.preview["visitor_daily"])}
+    )
+    with metric_store.open() as store:
+        keys, mismatches = batch.check_visitor_daily(spark(pyspark), settings, store, day)
+    yield dg.AssetCheckResult(
+        check_name="visitor_sums_equal_hourly_metrics",
+        passed=not mismatches,
+        description=f"{len(mismatches)} mismatch(es)" if mismatches else "every key adds up",
+        metadata={
+            "keys_checked": keys,
+            "mismatches": len(mismatches),
+            "first_mismatches": "\n".join(mismatches[:20]) or "none",
+        },
     )
 
 

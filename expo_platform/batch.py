@@ -25,7 +25,13 @@ from expo_platform.metrics import (
     visitor_sketches,
     wide_points,
 )
-from expo_platform.scorecards import VISITOR_DAILY_SCHEMA, visitor_daily
+from expo_platform.scorecards import (
+    VISITOR_DAILY_SCHEMA,
+    VISITOR_METRICS,
+    key_totals,
+    totals_mismatches,
+    visitor_daily,
+)
 from expo_platform.settings import Settings
 from expo_platform.spark import object_hash_aggregate
 from expo_platform.store import MetricStore, Point
@@ -226,3 +232,24 @@ def process_visitor_daily(spark: SparkSession, settings: Settings, day: date) ->
     ).first()
     preview = _sample(written.orderBy("experiment", "variant", "visitor_id"), "*")
     return StepResult(first, summary.asDict(), {"visitor_daily": preview})
+
+
+def check_visitor_daily(
+    spark: SparkSession, settings: Settings, store: MetricStore, day: date
+) -> tuple[int, list[str]]:
+    """Compare a day's visitor_daily sums with its hourly batch metrics in the store.
+
+    Returns the number of keys compared and the mismatches (none when the day is right).
+    """
+    first = datetime.combine(day, time(), UTC)
+    daily = lake.read_days(spark, settings, "visitor_daily", VISITOR_DAILY_SCHEMA, [day])
+    points = store.values(
+        layer="batch", hour_from=hour_iso(first), hour_to=hour_iso(first + ONE_HOUR * 23)
+    )
+    hourly: dict[tuple, dict[str, float]] = {}
+    for (metric, *key, _hour), value in points.items():
+        if metric in VISITOR_METRICS:
+            totals = hourly.setdefault(tuple(key), {})
+            totals[metric] = totals.get(metric, 0.0) + value
+    visitors = key_totals(daily)
+    return len(set(visitors) | set(hourly)), totals_mismatches(visitors, hourly)

@@ -53,6 +53,31 @@ def per_visitor(daily: DataFrame, experiment: str, population: str, *by: str) ->
     )
 
 
+def key_totals(daily: DataFrame) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Per (experiment, variant, population): each visitor metric summed over its visitors."""
+    rows = daily.groupBy(*KEY).agg(*_sums()).collect()
+    return {tuple(r[k] for k in KEY): {m: float(r[m]) for m in VISITOR_METRICS} for r in rows}
+
+
+def totals_mismatches(
+    visitor_totals: dict[tuple, dict[str, float]], hourly_totals: dict[tuple, dict[str, float]]
+) -> list[str]:
+    """Where the per-visitor sums of a range differ from the hourly metrics summed over it.
+
+    METRICS.md section 7: before multi-variant visitors are excluded, they must be equal for
+    every key and metric. Counts must match exactly; revenue is a sum of floats in another
+    order, so it may differ in its last bits.
+    """
+    found = []
+    for key in sorted(set(visitor_totals) | set(hourly_totals)):
+        ours, theirs = visitor_totals.get(key, {}), hourly_totals.get(key, {})
+        for metric in VISITOR_METRICS:
+            a, b = ours.get(metric, 0.0), theirs.get(metric, 0.0)
+            if abs(a - b) > (1e-9 * max(1.0, abs(b)) if metric == "revenue" else 0.0):
+                found.append(f"{'/'.join(key)} {metric}: visitors {a:g}, hourly {b:g}")
+    return found
+
+
 def experiments_in(daily: DataFrame) -> list[tuple[str, str]]:
     """The (experiment, population) pairs present, sorted."""
     return sorted(

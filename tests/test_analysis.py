@@ -7,6 +7,7 @@ and against scipy run directly on the visitor rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from datetime import date
@@ -27,7 +28,7 @@ from expo_platform.settings import load_settings
 from expo_platform.store import MetricStore, Point
 from resources import AlertsResource
 from sensors.batch_runner import run_batch
-from sensors.supervisor import alert_on_failed_check
+from sensors.supervisor import alert_on_failed_check, alert_on_run_failure
 from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
 from tests.test_batch_layer import PROJECT
 
@@ -208,3 +209,70 @@ def test_expo_scorecard_command(analysed, capsys, monkeypatch):
     assert cli.main(["scorecard", "--experiment", "aa-check", "--population", "qualified"]) == 0
     table = capsys.readouterr().out
     assert "control-b" in table and "bounce_rate" in table and "sample-ratio test" in table
+
+
+VISITOR_SUMS_CHECK = dg.AssetCheckKey(
+    dg.AssetKey("visitor_daily"), "visitor_sums_equal_hourly_metrics"
+)
+
+
+def _latest_evaluation(instance, key: dg.AssetCheckKey):
+    (execution,) = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [key]
+    ).values()
+    return execution.event.dagster_event.event_specific_data, execution.run_id
+
+
+def test_visitor_daily_that_does_not_add_up_stops_the_scorecards_and_alerts(
+    analysed,
+    mailbox,  # noqa: F811
+    webhook,  # noqa: F811
+):
+    settings, _, instance = analysed
+    evaluation, _ = _latest_evaluation(instance, VISITOR_SUMS_CHECK)
+    assert evaluation.passed is True
+    assert evaluation.metadata["keys_checked"].value == 14
+    # One visit more in the store than the day's visitors have: either table may be wrong,
+    # and the scorecards must not be built on it.
+    with MetricStore(settings.metric_store) as store:
+        (point,) = store.query(
+            layer="batch",
+            experiment="checkout-button",
+            metrics=["visits"],
+            hour_from="2026-03-02T22:00:00Z",
+            hour_to="2026-03-02T22:00:00Z",
+            quality=False,
+        )[:1]
+        store.upsert([Point(*dataclasses.astuple(point)[:6], point.value + 1)])
+    try:
+        job = build_defs(settings).resolve_job_def("daily_analysis")
+        result = job.execute_in_process(
+            partition_key=DAY.isoformat(), instance=instance, raise_on_error=False
+        )
+    finally:
+        with MetricStore(settings.metric_store) as store:
+            store.upsert([point])
+    assert not result.success
+    evaluation, run_id = _latest_evaluation(instance, VISITOR_SUMS_CHECK)
+    assert run_id == result.run_id and evaluation.passed is False
+    key = f"{point.experiment}/{point.variant}/{point.population}"
+    assert evaluation.metadata["first_mismatches"].value.startswith(f"{key} visits: visitors")
+    assert evaluation.metadata["mismatches"].value == 1
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"visitor_daily"}  # held back: no scorecards, no trend reports
+    run = instance.get_run_by_id(result.run_id)
+    (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    alerts = AlertsResource(
+        smtp=mailbox.address, mail_to="oncall@example.com", webhook_url=webhook.url
+    )
+    context = dg.build_run_status_sensor_context(
+        sensor_name="alert_on_run_failure",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure.dagster_event,
+        resources={"alerts": alerts},
+    ).for_run_failure()
+    alert_on_run_failure(context)
+    (message,) = mailbox.wait_for(1)
+    assert message["Subject"] == "[expo critical] run of daily_analysis failed (2026-03-02)"
+    assert "daily_analysis" in webhook.bodies[0]["text"]
