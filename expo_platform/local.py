@@ -18,7 +18,7 @@ from pathlib import Path
 from expo_platform import services
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_key, truncate_hour
-from expo_platform.settings import Settings, load_settings
+from expo_platform.settings import Settings, load_settings, path_env
 from expo_platform.supervision import stream_launcher
 
 GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
@@ -59,7 +59,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "--start",
             start,
         ]
-        generator = services.start_process(services.GENERATOR, folder, argv)
+        generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
         say(f"{generator.describe()} (started, {settings.up_rate}/s)")
     if services.DAGSTER not in running:
         from expo_platform.dagster_home import ensure_dagster_home
@@ -75,11 +75,13 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "-p",
             str(dagster_port),
         ]
-        env = {"DAGSTER_HOME": str(home), "EXPO_SUPERVISE": "on"}
+        env = {**path_env(settings), "DAGSTER_HOME": str(home), "EXPO_SUPERVISE": "on"}
         dagster = services.start_process(
             services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
         )
         say(f"{dagster.describe()} (started)")
+    say(f"lake: {settings.lake}")
+    say(f"metric store: {settings.metric_store}")
     say(f"Dagster UI: http://127.0.0.1:{dagster_port}")
     say(f"Spark UI of the streaming app: http://127.0.0.1:{settings.stream_ui_port}")
     say("stop everything with: make down")

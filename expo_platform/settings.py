@@ -19,7 +19,30 @@ from expo_platform.hours import parse_hour
 
 
 def _path(text: str) -> Path:
-    return Path(text).expanduser().resolve()
+    """A path as given; `load_settings` anchors a relative one at the home folder."""
+    return Path(text).expanduser()
+
+
+def default_home() -> Path:
+    """Where relative paths are anchored when EXPO_HOME is unset: the project folder of a
+    source checkout (the folder of `pyproject.toml` above this package), else the current
+    folder. Every process of the platform then finds the same lake, store and services,
+    whatever its working directory."""
+    project = Path(__file__).resolve().parent.parent
+    return project if (project / "pyproject.toml").is_file() else Path.cwd()
+
+
+def _anchored(value: Path, home: Path) -> Path:
+    return (home / value).resolve()
+
+
+def _anchored_store(url: str, home: Path) -> str:
+    """A SQLite URL with a relative file path, anchored at home like the other paths."""
+    prefix = "sqlite:///"
+    path = url.removeprefix(prefix)
+    if url.startswith(prefix) and path and not path.startswith(("/", ":memory:")):
+        return prefix + str(_anchored(Path(path), home))
+    return url
 
 
 def _fraction(text: str) -> float:
@@ -120,6 +143,12 @@ JVM_OPTIONS = "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
 class Settings:
     """The platform's settings; build them with `load_settings()`."""
 
+    home: Path = _setting(
+        "EXPO_HOME",
+        _path,
+        "folder that relative paths below are anchored at (unset: the project folder)",
+        "<project>",
+    )
     lake: Path = _setting("EXPO_LAKE", _path, "root of the lake (landing zone, tables)", "./lake")
     metric_store: str = _setting(
         "EXPO_METRIC_STORE",
@@ -397,6 +426,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(Settings):
+        if f.name == "home" and f.name not in overrides and not environ.get("EXPO_HOME"):
+            values["home"] = default_home()
+            continue
         if f.name in overrides:
             values[f.name] = overrides[f.name]
             continue
@@ -410,6 +442,36 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[f.name] = parse(raw)
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"{env}={raw!r} is not valid: {exc}") from None
+    home = values["home"] = Path(values["home"]).expanduser().resolve()
+    for f in fields(Settings):
+        if f.metadata["parse"] is _path:
+            values[f.name] = _anchored(Path(values[f.name]), home)
     if "metric_store" not in values:
         values["metric_store"] = f"sqlite:///{values['lake'] / 'metrics.sqlite'}"
+    values["metric_store"] = _anchored_store(values["metric_store"], home)
     return Settings(**values)
+
+
+def path_env(settings: Settings) -> dict[str, str]:
+    """The resolved paths as environment variables, for the processes the platform starts:
+    each then uses the same lake, store and folders whatever its working directory."""
+    return {
+        "EXPO_HOME": str(settings.home),
+        "EXPO_LAKE": str(settings.lake),
+        "EXPO_METRIC_STORE": settings.metric_store,
+        "EXPO_SERVICES_DIR": str(settings.services_dir),
+        "DAGSTER_HOME": str(settings.dagster_home),
+    }
+
+
+def resolved_paths(settings: Settings) -> dict[str, str]:
+    """The absolute places this process reads and writes, for `expo settings` and `make up`."""
+    return {
+        "home": str(settings.home),
+        "lake": str(settings.lake),
+        "landing zone": str(settings.landing_dir),
+        "metric store": settings.metric_store,
+        "stream checkpoint and state": str(settings.stream_dir),
+        "services": str(settings.services_dir),
+        "dagster home": str(settings.dagster_home),
+    }

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from expo_platform import services
 from expo_platform.errors import ExpoError
-from expo_platform.settings import Settings
+from expo_platform.settings import Settings, path_env
 
 log = logging.getLogger("expo_platform.supervision")
 
@@ -334,7 +334,12 @@ class StreamLauncher:
         if self.alive():
             raise ExpoError("the streaming app is already running; stop it first")
         argv = self.argv()
-        env = {"PYSPARK_PYTHON": sys.executable, **self.launch_env(), **self.env}
+        env = {
+            "PYSPARK_PYTHON": sys.executable,
+            **path_env(self.settings),
+            **self.launch_env(),
+            **self.env,
+        }
         return services.start_process(
             services.STREAM,
             self.folder,

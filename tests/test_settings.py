@@ -8,13 +8,18 @@ import pytest
 
 from expo_platform.errors import ExpoError, SettingsError
 from expo_platform.hours import hour_iso, hour_key, hour_range, parse_hour
-from expo_platform.settings import JVM_OPTIONS, SETTINGS_DOC, load_settings
+from expo_platform.settings import (
+    JVM_OPTIONS,
+    SETTINGS_DOC,
+    load_settings,
+    path_env,
+    resolved_paths,
+)
 from expo_platform.stream import stream_spark_config
 
 
-def test_defaults_run_on_one_machine(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    s = load_settings({})
+def test_defaults_run_on_one_machine(tmp_path):
+    s = load_settings({"EXPO_HOME": str(tmp_path)})
     assert s.lake == tmp_path / "lake"
     assert s.metric_store == f"sqlite:///{tmp_path / 'lake' / 'metrics.sqlite'}"
     assert s.spark_master == "local[*]"
@@ -92,3 +97,25 @@ def test_every_spark_jvm_compiles_huge_methods_and_collects_in_parallel(spark, t
     s = load_settings({"EXPO_LAKE": str(tmp_path / "lake")})
     assert s.spark_config()["spark.executor.extraJavaOptions"] == JVM_OPTIONS
     assert stream_spark_config(s)["spark.driver.extraJavaOptions"] == JVM_OPTIONS
+
+
+def test_relative_paths_are_anchored_at_one_home_whatever_the_working_folder(tmp_path, monkeypatch):
+    """The streaming app runs in the services folder, Dagster in the project, the CLI
+    anywhere: all must find one lake, one store and one services folder."""
+    env = {"EXPO_LAKE": "data/lake", "EXPO_METRIC_STORE": "sqlite:///store/m.sqlite"}
+    seen = []
+    for cwd in (tmp_path / "a", tmp_path / "b" / "c"):
+        cwd.mkdir(parents=True)
+        monkeypatch.chdir(cwd)
+        seen.append(load_settings({**env, "EXPO_HOME": str(tmp_path / "home")}))
+    first, second = seen
+    assert first == second
+    assert first.lake == tmp_path / "home" / "data" / "lake"
+    assert first.metric_store == f"sqlite:///{tmp_path / 'home' / 'store' / 'm.sqlite'}"
+    assert first.services_dir == tmp_path / "home" / ".services"
+    # Without EXPO_HOME: the project folder of this checkout, not the working folder.
+    project = Path(__file__).resolve().parent.parent
+    assert load_settings({}).lake == project / "lake"
+    # A child process given path_env resolves exactly the same places.
+    assert load_settings(path_env(first)) == first
+    assert resolved_paths(first)["landing zone"] == str(first.lake / "landing" / "beacons")
