@@ -19,7 +19,13 @@ from expo_platform.dagster_home import POOL_LIMITS, ensure_dagster_home, prepare
 from expo_platform.errors import ExpoError
 from expo_platform.hours import hour_iso, hour_label, parse_hour
 from expo_platform.logs import configure_logging
-from expo_platform.settings import REGION_PATTERN, SETTINGS_DOC, Settings, load_settings
+from expo_platform.settings import (
+    REGION_PATTERN,
+    SETTINGS_DOC,
+    Settings,
+    load_settings,
+    resolved_paths,
+)
 
 log = logging.getLogger("expo")
 
@@ -89,6 +95,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         visitors=args.visitors,
         seed=args.seed,
         dirty_fraction=args.dirty,
+        trap_fraction=args.traps,
     )
     if args.kafka:
         from expo_platform.producer import produce_live
@@ -109,6 +116,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         f"{settings.landing_dir}: {report.clean:,} clean, {report.duplicates:,} duplicates"
         + (f", rejects: {rejects}" if rejects else "")
     )
+    if config.trap_fraction > 0:
+        traps = ", ".join(f"{k} {v:,}" for k, v in sorted(report.traps.items()))
+        print(f"trap lines (counted in the figures above): {traps}")
 
 
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> None:
@@ -227,6 +237,9 @@ def cmd_dagster_home(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
     for env, default, doc in SETTINGS_DOC:
         print(f"{env:28} {default!s:34} {doc}")
+    print("\nresolved paths of this process (relative settings are anchored at EXPO_HOME):")
+    for name, where in resolved_paths(settings).items():
+        print(f"  {name:28} {where}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--visitors", type=int, default=5000)
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--dirty", type=float, default=0.02, help="share of dirty lines (0..0.5)")
+    gen.add_argument(
+        "--traps",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of visitors (0..1) that also get an adversarial, valid trap session at the "
+        "edge of a metric rule: 3-5 hour visits, 35-minute gaps, late duplicates, out-of-order "
+        "beacons, qualification flips, multi-variant visitors, 13-15 hour robots, experiments "
+        "listed twice, same-ts beacons; at least one of each kind (default 0: none, the "
+        "traffic is unchanged)",
+    )
     gen.add_argument("--kafka", metavar="BOOTSTRAP", help="produce live to Kafka instead")
     gen.add_argument("--topic", help="Kafka topic (default EXPO_KAFKA_TOPIC)")
     gen.add_argument("--rate", type=float, help="messages per second, with --kafka")

@@ -20,6 +20,7 @@ SLOWEST_FILES = {
     "test_dagster_dev.py": 347,
     "test_batch_layer.py": 330,
     "test_cluster.py": 318,
+    "test_adversarial_day.py": 160,
     "test_visits_metrics.py": 125,
     "test_cli.py": 115,
     "test_supervisor.py": 107,
