@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from expo_platform.hours import HOUR_MS, hour_start_ms
 from expo_platform.lake import union_all
 from expo_platform.scorecards import VISITOR_METRICS, per_visitor, visitor_daily, visitor_facts
@@ -128,6 +130,16 @@ def test_visitor_sums_equal_the_hourly_metrics_on_adversarial_traffic(spark):
             )
             expected = sum(h.get((*key, name), 0.0) for h in hourly)
             assert summed == expected, f"{key} {name}: visitors {summed}, hours {expected}"
+    # The trend reports' facts by hour add up to each hour's metrics too.
+    by_hour = defaultdict(float)
+    for r in visitor_facts(union_all(sessions[:HOURS]), union_all(sessions), "hour_ms").collect():
+        for name in VISITOR_METRICS:
+            hour = (r["hour_ms"] - hour_start_ms(H0)) // HOUR_MS
+            by_hour[(hour, r["experiment"], r["variant"], r["population"], name)] += r[name]
+    for hour, metrics in enumerate(hourly):
+        for (*key, name), value in metrics.items():
+            if name in VISITOR_METRICS:
+                assert by_hour[(hour, *key, name)] == value, (hour, key, name)
     by_visitor = {(r["variant"], r["population"], r["visitor_id"]): values(r) for r in facts}
     # page_views, visits, bounces, orders, units, revenue, errors
     assert by_visitor[("X", "assigned", "v1")] == (5, 1, 0, 1, 1, 10.0, 0)
