@@ -98,16 +98,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         trap_fraction=args.traps,
     )
     if args.kafka:
-        from expo_platform.producer import produce_live
-
-        if not args.rate or not args.duration:
-            raise ExpoError("--kafka needs --rate and --duration")
-        topic = args.topic or settings.kafka_topic
-        print(f"producing to {topic}@{args.kafka} at {args.rate:,.0f}/s for {args.duration:g}s")
-        sent = produce_live(args.kafka, topic, config, args.rate, args.duration, progress=print)
-        print(sent.summary())
-        if sent.failed:
-            raise ExpoError(f"{sent.failed:,} messages were not delivered: {sent.errors}")
+        _produce(args, settings, config)
         return
     report = write_landing(config, settings.landing_dir, progress=print)
     rejects = ", ".join(f"{k} {v:,}" for k, v in sorted(report.rejects.items()))
@@ -119,6 +110,32 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
     if config.trap_fraction > 0:
         traps = ", ".join(f"{k} {v:,}" for k, v in sorted(report.traps.items()))
         print(f"trap lines (counted in the figures above): {traps}")
+
+
+def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
+    """`expo generate --kafka`: live traffic on the wall clock, or `--replay` of a period."""
+    from expo_platform.producer import produce_live, produce_realtime
+
+    topic = args.topic or settings.kafka_topic
+    if not args.rate:
+        raise ExpoError("--kafka needs --rate")
+    if args.replay:
+        if not args.duration:
+            raise ExpoError("--replay needs --duration")
+        print(f"replaying to {topic}@{args.kafka} at {args.rate:,.0f}/s for {args.duration:g}s")
+        sent = produce_live(args.kafka, topic, config, args.rate, args.duration, progress=print)
+    else:
+        backlog = args.backlog_minutes
+        print(
+            f"live traffic to {topic}@{args.kafka}, about {args.rate:,.0f} beacons/s on the "
+            f"wall clock, after a backlog of the last {backlog:g} minutes"
+        )
+        sent = produce_realtime(
+            args.kafka, topic, config, args.rate, backlog, args.duration, progress=print
+        )
+    print(sent.summary())
+    if sent.failed:
+        raise ExpoError(f"{sent.failed:,} messages were not delivered: {sent.errors}")
 
 
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> None:
@@ -263,10 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
         "listed twice, same-ts beacons; at least one of each kind (default 0: none, the "
         "traffic is unchanged)",
     )
-    gen.add_argument("--kafka", metavar="BOOTSTRAP", help="produce live to Kafka instead")
+    gen.add_argument(
+        "--kafka",
+        metavar="BOOTSTRAP",
+        help="produce to Kafka instead: live traffic stamped with the wall clock (visitors "
+        "arrive, browse, order and leave in real time); --start and --hours apply to --replay",
+    )
     gen.add_argument("--topic", help="Kafka topic (default EXPO_KAFKA_TOPIC)")
-    gen.add_argument("--rate", type=float, help="messages per second, with --kafka")
-    gen.add_argument("--duration", type=float, help="seconds to produce for, with --kafka")
+    gen.add_argument("--rate", type=float, help="beacons per second in all, with --kafka")
+    gen.add_argument(
+        "--duration", type=float, help="seconds to produce for, with --kafka (live: no end)"
+    )
+    gen.add_argument(
+        "--backlog-minutes",
+        type=float,
+        default=0.0,
+        help="live: first send the last N minutes of traffic as fast as the broker takes them",
+    )
+    gen.add_argument(
+        "--replay",
+        action="store_true",
+        help="with --kafka: replay the period from --start at --rate instead (event time runs "
+        "ahead of the clock; for benchmarks)",
+    )
     gen.set_defaults(func=cmd_generate)
 
     stream = sub.add_parser("stream", help="run the speed layer (Spark Structured Streaming)")

@@ -10,13 +10,14 @@ edges of every visit, duplicate and population rule of METRICS.md (see TRAP_KIND
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
@@ -107,6 +108,11 @@ class GeneratorConfig:
     dirty_fraction: float = 0.0
     experiments: tuple[ExperimentSpec, ...] = DEFAULT_EXPERIMENTS
     trap_fraction: float = 0.0  # share of visitors that also get a trap session (TRAP_KINDS)
+    # Live traffic generates its arrivals piece by piece: each piece's visitors and sessions
+    # get ids of their own, and their visits run on past the piece's hours instead of
+    # being cut at its end.
+    id_prefix: str = ""
+    cut_at_end: bool = True
 
     def validate(self) -> None:
         """Raise ExpoError on a configuration that cannot be generated."""
@@ -118,7 +124,8 @@ class GeneratorConfig:
             raise ExpoError(f"the dirty fraction must lie in 0..0.5, not {self.dirty_fraction}")
         if not 0.0 <= self.trap_fraction <= 1.0:
             raise ExpoError(f"the trap fraction must lie in 0..1, not {self.trap_fraction}")
-        if hour_start_ms(self.start) % HOUR_MS:
+        # Landing files are by hour; only live pieces (never landed whole) start in between.
+        if self.cut_at_end and hour_start_ms(self.start) % HOUR_MS:
             raise ExpoError(f"start must be on the hour, not {self.start.isoformat()}")
 
 
@@ -209,15 +216,18 @@ class _Stream:
     def beacons(self) -> list[dict]:
         out: list[dict] = []
         for n in range(self.config.visitors):
-            visitor = f"v-{n}"
+            visitor = f"v-{self.config.id_prefix}{n}"
             variants = _variants(self.config, visitor)
             effect = _combined(self.config.experiments, variants)
             sessions = 1 + min(3, int(self.rng.expovariate(1.2)))
             for k in range(sessions):
                 ts = self.session_start()
                 for _ in range(1 + min(2, int(self.rng.expovariate(1.5)))):
-                    ts = self.visit(out, visitor, f"s-{n}-{k}", ts, variants, effect)
+                    session = f"s-{self.config.id_prefix}{n}-{k}"
+                    ts = self.visit(out, visitor, session, ts, variants, effect)
                     ts += self.rng.randrange(40 * MINUTE_MS, 180 * MINUTE_MS)
+        if not self.config.cut_at_end:
+            return out
         return [b for b in out if b["ts"] < self.end_ms]
 
     def visit(
@@ -731,12 +741,13 @@ def iter_lines(config: GeneratorConfig) -> Iterator[tuple[str, str, str]]:
     Arrival order is time order, except for trap lines sent late or out of order; a line's
     hour key is always the hour of its ts.
     """
-    for key, line, kind, _ in _tagged_lines(config):
+    for _, key, line, kind, _ in _tagged_lines(config):
         yield key, line, kind
 
 
-def _tagged_lines(config: GeneratorConfig) -> Iterator[tuple[str, str, str, str]]:
-    """iter_lines with each line's trap kind ("" for the realistic traffic)."""
+def _tagged_lines(config: GeneratorConfig) -> Iterator[tuple[int, str, str, str, str]]:
+    """iter_lines with each line's arrival (epoch ms) first and its trap kind last ("" for the
+    realistic traffic)."""
     config.validate()
     stream = _Stream(config)
     clean = sorted(stream.beacons(), key=lambda b: (b["ts"], b["event_id"]))
@@ -756,14 +767,15 @@ def _tagged_lines(config: GeneratorConfig) -> Iterator[tuple[str, str, str, str]
     trap = next(traps, None)
     for position, beacon in enumerate(clean):
         while trap is not None and trap.arrival < beacon["ts"]:
-            yield hour_key(hour_of_ms(trap.ts)), trap.line, trap.kind, trap.trap
+            yield trap.arrival, hour_key(hour_of_ms(trap.ts)), trap.line, trap.kind, trap.trap
             trap = next(traps, None)
-        key = hour_key(hour_of_ms(beacon["ts"]))
-        yield key, _dumps(beacon), "clean", ""
+        ts = beacon["ts"]
+        key = hour_key(hour_of_ms(ts))
+        yield ts, key, _dumps(beacon), "clean", ""
         for line, kind in extra.get(position, ()):
-            yield key, line, kind, ""
+            yield ts, key, line, kind, ""
     while trap is not None:
-        yield hour_key(hour_of_ms(trap.ts)), trap.line, trap.kind, trap.trap
+        yield trap.arrival, hour_key(hour_of_ms(trap.ts)), trap.line, trap.kind, trap.trap
         trap = next(traps, None)
 
 
@@ -775,7 +787,7 @@ def write_landing(
     """Write one file per hour, `hour=<key>/part-<seed>.json`; re-running rewrites the same."""
     report = GenerationReport()
     by_hour: dict[str, list[str]] = defaultdict(list)
-    for key, line, kind, trap in _tagged_lines(config):
+    for _, key, line, kind, trap in _tagged_lines(config):
         # A line sent late lands at the end of its event hour's file, out of ts order.
         by_hour[key].append(line)
         report.kinds_by_hour[key][kind] += 1
@@ -799,3 +811,59 @@ def write_landing(
         if progress:
             progress(f"hour {key}: {report.lines_by_hour[key]:,} lines")
     return report
+
+
+LIVE_PIECE_MS = 10 * MINUTE_MS  # live arrivals are generated ten minutes at a time
+# A visitor's sessions spread over hours: pieces that began this long before the first line
+# sent bring the traffic to about 90% of its steady rate (measured: 100% after 4 hours).
+LIVE_WARM_UP_MS = 2 * HOUR_MS
+
+
+def _lines_per_visitor(config: GeneratorConfig) -> float:
+    """Lines a visitor of one live piece sends on average, from a sample piece."""
+    sample = 400
+    piece = replace(config, hours=1, visitors=sample, id_prefix="calibration-", cut_at_end=False)
+    return max(1.0, sum(1 for _ in _tagged_lines(piece)) / sample)
+
+
+def live_lines(
+    config: GeneratorConfig, rate: float, start_ms: int
+) -> Iterator[tuple[int, str, str]]:
+    """Endless traffic stamped from `start_ms` on, about `rate` lines per second, as
+    (arrival epoch ms, line, kind) in arrival order.
+
+    Every ten minutes a new piece of visitors arrives over the following hour (a generator
+    run of its own, with its own ids) and browses, orders and leaves at the generator's
+    pace, its visits running on into later hours; the pieces overlap and merge by arrival.
+    Pieces start LIVE_WARM_UP_MS before `start_ms`, so the traffic is near its rate there,
+    and a visit under way at `start_ms` is joined where it is.
+    """
+    if rate <= 0:
+        raise ExpoError(f"the rate must be > 0, not {rate}")
+    overlap = HOUR_MS // LIVE_PIECE_MS
+    visitors = max(1, round(rate * HOUR_MS / 1000 / overlap / _lines_per_visitor(config)))
+    # (arrival of the piece's next line, piece start, that line, the piece's other lines)
+    pending: list[tuple[int, int, tuple, Iterator[tuple]]] = []
+    piece_start = start_ms - start_ms % LIVE_PIECE_MS - LIVE_WARM_UP_MS
+    while True:
+        # A piece's lines all arrive at or after its start: merge every piece begun by then.
+        while not pending or pending[0][0] >= piece_start:
+            piece = replace(
+                config,
+                start=datetime.fromtimestamp(piece_start / 1000, UTC),
+                hours=1,
+                visitors=visitors,
+                seed=config.seed * 1_000_003 + piece_start // LIVE_PIECE_MS,
+                id_prefix=f"{piece_start // LIVE_PIECE_MS}-",
+                cut_at_end=False,
+                trap_fraction=0.0,
+            )
+            lines = _tagged_lines(piece)
+            if (head := next(lines, None)) is not None:
+                heapq.heappush(pending, (head[0], piece_start, head, lines))
+            piece_start += LIVE_PIECE_MS
+        arrival, order, (_, _, line, kind, _), lines = heapq.heappop(pending)
+        if (head := next(lines, None)) is not None:
+            heapq.heappush(pending, (head[0], order, head, lines))
+        if arrival >= start_ms:
+            yield arrival, line, kind

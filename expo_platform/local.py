@@ -1,8 +1,9 @@
 """`make up` / `make down`: the whole platform on one machine.
 
 `up` starts what is not running yet, each process detached and recorded by pid files in
-EXPO_SERVICES_DIR: ZooKeeper and the broker (with the topic), the streaming app, the
-generator at EXPO_UP_RATE beacons per second, and `dagster dev` (webserver and daemon) with
+EXPO_SERVICES_DIR: ZooKeeper and the broker (with the topic), the streaming app, live
+traffic on the wall clock at EXPO_UP_RATE beacons per second (after a backlog that covers
+the previous hour), and `dagster dev` (webserver and daemon) with
 the schedules and sensors on, the streaming supervisor included. It prints the URLs.
 `down` stops exactly those processes, by pid, newest first.
 """
@@ -17,11 +18,18 @@ from pathlib import Path
 
 from expo_platform import services
 from expo_platform.errors import ExpoError
-from expo_platform.hours import hour_key, truncate_hour
+from expo_platform.hours import ONE_HOUR, truncate_hour
 from expo_platform.settings import Settings, load_settings, path_env
 from expo_platform.supervision import stream_launcher
 
 GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
+
+
+def backlog_minutes(now: datetime) -> int:
+    """Minutes of traffic sent first: the previous hour whole (and five minutes before it,
+    for visits under way), so that a complete hour exists minutes after `make up`."""
+    previous = truncate_hour(now) - ONE_HOUR
+    return int((now - previous).total_seconds() // 60) + 5
 
 
 def _script(name: str) -> list[str]:
@@ -44,7 +52,6 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
         app = stream_launcher(settings).start()
         say(f"{app.describe()} (started)")
     if services.GENERATOR not in running:
-        start = hour_key(truncate_hour(datetime.now(UTC)))
         argv = [
             *_script("expo"),
             "generate",
@@ -56,8 +63,8 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             str(settings.up_rate),
             "--duration",
             str(GENERATOR_SECONDS),
-            "--start",
-            start,
+            "--backlog-minutes",
+            str(backlog_minutes(datetime.now(UTC))),
         ]
         generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
         say(f"{generator.describe()} (started, {settings.up_rate}/s)")

@@ -1,4 +1,5 @@
-"""Live traffic into Kafka: the generator's beacons, in event-time order, at a steady rate.
+"""Traffic into Kafka: live beacons stamped with the wall clock (`produce_realtime`), or a
+replay of the generator's period at a steady rate (`produce_live`, for benchmarks).
 
 Each message's key is the beacon's visitor_id (when the line has one), so a visitor's beacons
 stay in one partition and in order. Delivery errors are counted in the report, never dropped.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from expo_platform.errors import ExpoError
-from expo_platform.generator import GeneratorConfig, iter_lines
+from expo_platform.generator import GeneratorConfig, iter_lines, live_lines
 
 log = logging.getLogger("expo_platform.producer")
 
@@ -166,6 +167,58 @@ def produce_live(
         if progress and now >= next_progress:
             progress(f"sent {sent:,} ({sent / (now - started):,.0f}/s), failed {report.failed}")
             next_progress = now + PROGRESS_EVERY
+    return _finish(producer, report, started)
+
+
+def produce_realtime(
+    bootstrap: str,
+    topic: str,
+    config: GeneratorConfig,
+    rate: float,
+    backlog_minutes: float = 0.0,
+    duration: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    conf: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ProduceReport:
+    """Live traffic stamped with the wall clock, about `rate` beacons/s (`live_lines`).
+
+    The last `backlog_minutes` of traffic go first, as fast as the broker takes them; then
+    each line is sent when the clock reaches its time, for `duration` seconds (None: until
+    stopped). The stream's event time then follows the wall clock, as the hourly schedule does.
+    """
+    if rate <= 0 or backlog_minutes < 0 or (duration is not None and duration <= 0):
+        raise ExpoError("the rate and duration must be > 0 and the backlog >= 0")
+    producer = make_producer(bootstrap, conf)
+    report = ProduceReport(requested_rate=rate)
+    on_delivery = _Delivery(report)
+    started = time.monotonic()
+    deadline = None if duration is None else started + duration
+    now_ms = int(clock() * 1000)
+    lines = live_lines(config, rate, now_ms - int(backlog_minutes * 60_000))
+    next_progress = started + PROGRESS_EVERY
+    arrival, line, kind = next(lines)
+    live = False
+    while deadline is None or time.monotonic() < deadline:
+        wait = arrival / 1000 - clock()
+        if wait > 0:
+            if not live:
+                live = True
+                log.info("backlog sent, live from now", extra={"sent": report.sent})
+            producer.poll(min(wait, 0.2))
+        else:
+            _send(producer, topic, line, on_delivery)
+            report.sent_by_kind[kind] += 1
+            if report.sent % 1000 == 0:
+                producer.poll(0)
+            arrival, line, kind = next(lines)
+        if progress and time.monotonic() >= next_progress:
+            behind = max(0.0, clock() - arrival / 1000)
+            stage = "live" if live else "backlog"
+            progress(
+                f"sent {report.sent:,}, failed {report.failed}, {stage}, {behind:,.0f}s behind"
+            )
+            next_progress = time.monotonic() + PROGRESS_EVERY
     return _finish(producer, report, started)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from datetime import timedelta
-from itertools import pairwise
+from itertools import islice, pairwise
 
 import pytest
 
@@ -209,3 +209,32 @@ def test_true_effect_shows_and_aa_does_not():
 def test_invalid_config(overrides):
     with pytest.raises(ExpoError):
         list(iter_lines(small(**overrides)))
+
+
+def test_live_lines_follow_the_clock_at_a_steady_rate():
+    """Live traffic: arrival order from the start on, about the rate, valid, real visits."""
+    from expo_platform.generator import live_lines
+
+    start = hour_start_ms(parse_hour("2026-03-02T10")) + 17 * 60_000
+    rate = 5
+    lines = list(
+        islice(live_lines(GeneratorConfig(START, dirty_fraction=0.02), rate, start), 40_000)
+    )
+    arrivals = [arrival for arrival, _, _ in lines]
+    assert arrivals[0] >= start and arrivals == sorted(arrivals)
+    second_hour = sum(1 for a in arrivals if start + HOUR_MS <= a < start + 2 * HOUR_MS)
+    assert second_hour == pytest.approx(rate * 3600, rel=0.15)
+    variants = defaultdict(set)
+    hours_of_session = defaultdict(set)
+    for arrival, line, kind in lines:
+        if kind != "clean":
+            continue
+        beacon = json.loads(line)
+        assert beacon["ts"] == arrival  # a clean beacon is sent at its own time
+        assert reference_reason(line, arrival // HOUR_MS) is None
+        hours_of_session[beacon["session_id"]].add(arrival // HOUR_MS)
+        for entry in beacon["experiments"]:
+            variants[(beacon["visitor_id"], entry["id"])].add(entry["variant"])
+    # Each piece of arrivals has visitors of its own: nobody is in two variants.
+    assert all(len(v) == 1 for v in variants.values())
+    assert any(len(hours) > 1 for hours in hours_of_session.values())  # visits cross hours

@@ -32,7 +32,12 @@ from expo_platform.kafka_source import (
     split_budget,
 )
 from expo_platform.offsets import ZkOffsets
-from expo_platform.producer import EXACT_END_OFFSETS, produce_lines, produce_live
+from expo_platform.producer import (
+    EXACT_END_OFFSETS,
+    produce_lines,
+    produce_live,
+    produce_realtime,
+)
 from expo_platform.services import ensure_topic
 from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
 
@@ -353,3 +358,24 @@ def test_read_stream_has_the_uniform_schema(spark, settings, kafka, topic):  # n
     assert [(f.name, f.dataType) for f in df.schema] == [(f.name, f.dataType) for f in SCHEMA]
     with pytest.raises(ExpoError):
         read_stream(spark, local, fmt="csv")
+
+
+def test_produce_realtime_sends_a_backlog_then_follows_the_clock(kafka, topic):  # noqa: F811
+    """Live traffic: the last minutes at once, then each beacon when the clock reaches it."""
+    config = dataclasses.replace(SMALL, dirty_fraction=0.0)
+    started = time.time()
+    progress: list[str] = []
+    report = produce_realtime(kafka.address, topic, config, 10, 10, 4.0, progress.append)
+    ended = time.time()
+    assert report.failed == 0 and report.delivered == report.sent
+    stamps = sorted(
+        json.loads(m.value())["ts"] / 1000 for m in consume_all(kafka.address, topic, PARTITIONS)
+    )
+    assert len(stamps) == report.sent
+    # Stamped with the wall clock: nothing from the future, nothing older than the backlog.
+    assert started - 10 * 60 <= stamps[0] and stamps[-1] <= ended
+    backlog = [t for t in stamps if t < started]
+    # About 10 beacons/s over the last ten minutes (the rate ramps up to its steady value).
+    assert 0.6 * 6000 <= len(backlog) <= 1.2 * 6000
+    assert 5 <= len(stamps) - len(backlog) <= 120  # then about 10/s for 4 s
+    assert any("live" in line for line in progress)

@@ -407,7 +407,8 @@ def test_expo_generate_produces_live_traffic(kafka):  # noqa: F811
 
     topic = unique_topic("live")
     ensure_topic(kafka.address, topic, 2)
-    args = ["--kafka", kafka.address, "--topic", topic, "--rate", "400", "--duration", "3"]
+    args = ["--kafka", kafka.address, "--replay", "--topic", topic, "--rate", "400"]
+    args += ["--duration", "3"]
     result = subprocess.run(
         [
             EXPO,
