@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.batch import beacons, data_quality, experiment_metrics, sessions
 from assets.scorecards import experiment_scorecards, trend_reports, visitor_daily
+from assets.speed import SPEED_ASSETS, speed_metrics_fresh
 from expo_platform.settings import Settings, load_settings
 from resources import build_resources
 from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
@@ -34,7 +35,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
             visitor_daily,
             experiment_scorecards,
             trend_reports,
+            *SPEED_ASSETS,
         ],
+        asset_checks=[speed_metrics_fresh],
         jobs=[hourly_ingest_job, hourly_metrics_job, daily_analysis_job, restart_streaming_job],
         schedules=[hourly_ingest_schedule],
         sensors=[

@@ -49,6 +49,7 @@ def markdown_table(rows: list[dict]) -> dg.MetadataValue:
         dg.AssetSpec(
             "beacons",
             group_name=GROUP,
+            deps=["landing_zone"],
             description="Validated, de-duplicated beacons of the hour, columnar (Parquet).",
         ),
         dg.AssetSpec(
@@ -171,7 +172,8 @@ SANITY_RULES = (
     partitions_def=HOURLY,
     pool=SPARK_POOL,
     group_name=GROUP,
-    deps=[dg.AssetDep("sessions", partition_mapping=METRICS_INPUTS)],
+    # speed_metrics: the reconciliation check compares the stream's points of the hour.
+    deps=[dg.AssetDep("sessions", partition_mapping=METRICS_INPUTS), "speed_metrics"],
     check_specs=[
         dg.AssetCheckSpec("metric_sanity", asset="experiment_metrics"),
         dg.AssetCheckSpec(

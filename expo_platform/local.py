@@ -64,7 +64,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "--duration",
             str(GENERATOR_SECONDS),
             "--backlog-minutes",
-            str(backlog_minutes(datetime.now(UTC))),
+            str(settings.up_backlog_minutes or backlog_minutes(datetime.now(UTC))),
         ]
         generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
         say(f"{generator.describe()} (started, {settings.up_rate}/s)")

@@ -178,6 +178,13 @@ class Settings:
         "minutes after an hour ends before its landing data counts as complete",
         "10",
     )
+    ingest_every_minutes: int = _setting(
+        "EXPO_INGEST_EVERY_MINUTES",
+        _positive_int,
+        "how often the hourly ingest schedule looks for complete hours not yet ingested "
+        "(60: once an hour, at minute EXPO_LANDING_GRACE_MINUTES)",
+        "60",
+    )
     hourly_schedule: str = _setting(
         "EXPO_HOURLY_SCHEDULE",
         _choice("running", "stopped"),
@@ -266,6 +273,13 @@ class Settings:
         "largest relative speed-versus-batch drift of a finished hour that passes",
         "0.02",
     )
+    speed_stale_minutes: int = _setting(
+        "EXPO_SPEED_STALE_MINUTES",
+        _positive_int,
+        "the speed metrics' freshness check fails when their newest event time is this many "
+        "minutes behind the clock",
+        "15",
+    )
     supervisor_interval_seconds: int = _setting(
         "EXPO_SUPERVISOR_INTERVAL_SECONDS",
         _positive_int,
@@ -317,6 +331,12 @@ class Settings:
         _positive_int,
         "beacons per second of the generator that `make up` runs",
         "200",
+    )
+    up_backlog_minutes: int = _setting(
+        "EXPO_UP_BACKLOG_MINUTES",
+        _positive_int,
+        "minutes of traffic `make up` sends before going live (0: the previous hour whole)",
+        "0",
     )
     stream_launcher: str = _setting(
         "EXPO_STREAM_LAUNCHER",

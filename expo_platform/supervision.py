@@ -30,6 +30,7 @@ log = logging.getLogger("expo_platform.supervision")
 JOB_WINDOW_S = 300  # failed against succeeded jobs over the last 5 minutes
 REALERT_S = 900  # the same alert again only after 15 minutes
 HTTP_TIMEOUT_S = 5.0
+PORT_RELEASE_S = 60.0  # how long a restart waits for the old app's UI port
 GAUGE_PREFIX = "expo.driver.spark.streaming.expo_speed."  # spark.metrics.namespace=expo
 STREAM_APP_NAME = "expo-stream"  # spark.app.name of the streaming app (stream_spark_config)
 
@@ -61,6 +62,46 @@ class Observation:
     latency_ms: float | None = None
     process_alive: bool | None = None  # the launcher's view; None when it has no record
     error: str = ""
+
+
+@dataclass(frozen=True)
+class SpeedFreshness:
+    """How far the speed layer's metrics are behind, from its newest progress record."""
+
+    last_batch: str | None = None  # "<epoch>-<batch>" of the newest finished micro-batch
+    newest_event_ms: int | None = None  # the newest event time its metrics cover
+    written_ms: int | None = None  # when that batch's metrics were in the store
+    messages: int = 0  # messages of that batch
+    batch_seconds: float = 0.0
+
+    def behind_minutes(self, now: float) -> float | None:
+        """Minutes from the newest event time in the speed metrics to `now` (epoch s)."""
+        if self.newest_event_ms is None:
+            return None
+        return round(max(0.0, now * 1000 - self.newest_event_ms) / 60_000, 2)
+
+    def stale(self, now: float, limit_minutes: float) -> bool:
+        """No speed metrics at all, or metrics more than `limit_minutes` behind the clock."""
+        behind = self.behind_minutes(now)
+        return behind is None or behind > limit_minutes
+
+
+def speed_freshness(settings: Settings) -> SpeedFreshness:
+    """The newest micro-batch's progress record (`<stream dir>/progress/<key>.json`)."""
+    records = sorted((settings.stream_dir / "progress").glob("*.json"))
+    if not records:
+        return SpeedFreshness()
+    try:
+        data = json.loads(records[-1].read_text())
+    except (OSError, ValueError):
+        return SpeedFreshness()  # being replaced: the next tick reads it
+    return SpeedFreshness(
+        last_batch=data.get("key"),
+        newest_event_ms=data.get("max_ts"),
+        written_ms=data.get("done_ms") or None,
+        messages=data.get("messages", 0),
+        batch_seconds=data.get("batch_seconds", 0.0),
+    )
 
 
 @dataclass
@@ -401,6 +442,12 @@ def restart(launcher: StreamLauncher) -> tuple[bool, services.Service]:
     """Stop the old app gracefully if it still runs, then start a new one."""
     started = time.monotonic()
     was_running = launcher.stop()
+    # The driver's JVM may outlive its Python process for a moment and keep the UI port: a
+    # start then failed with "already in use", and the next tick spent another restart.
+    port = launcher.settings.stream_ui_port
+    deadline = time.monotonic() + PORT_RELEASE_S
+    while services.port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.5)
     app = launcher.start()
     log.info(
         "streaming app restarted",

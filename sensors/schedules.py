@@ -19,12 +19,16 @@ def complete_hours(now: datetime, grace: timedelta, count: int) -> list[datetime
 
 _SETTINGS = load_settings()
 _GRACE_MINUTES = _SETTINGS.landing_grace_minutes % 60
+_EVERY = _SETTINGS.ingest_every_minutes
+# Once an hour at the grace minute, or every few minutes (a complete hour is then ingested
+# within that many minutes of its grace; `make up`'s loop test uses 1).
+_CRON = f"{_GRACE_MINUTES} * * * *" if not 0 < _EVERY < 60 else f"*/{_EVERY} * * * *"
 _SCHEDULE_STATUS = dg.DefaultScheduleStatus(_SETTINGS.hourly_schedule.upper())
 
 
 @dg.schedule(
     job=hourly_ingest_job,
-    cron_schedule=f"{_GRACE_MINUTES} * * * *",
+    cron_schedule=_CRON,
     execution_timezone="UTC",
     default_status=_SCHEDULE_STATUS,
     description="Ingests the newest complete hours that are not materialized yet.",

@@ -9,9 +9,18 @@ import time
 import dagster as dg
 
 from assets.batch import experiment_metrics
+from assets.speed import freshness_result, speed_metrics_fresh
 from expo_platform.alerts import Alert
 from expo_platform.settings import Settings, load_settings
-from expo_platform.supervision import State, Thresholds, decide, observe, restart
+from expo_platform.supervision import (
+    Observation,
+    State,
+    Thresholds,
+    decide,
+    observe,
+    restart,
+    speed_freshness,
+)
 from resources import AlertsResource, ExpoResource, StreamLauncherResource
 
 RESTART_JOB = "restart_streaming"
@@ -89,15 +98,19 @@ def streaming_supervisor(
     expo: ExpoResource,
 ):
     settings = expo.settings()
-    if _restart_in_flight(context):
-        return dg.SkipReason("a restart of the streaming app is in progress")
     now = time.time()
+    if _restart_in_flight(context):
+        return dg.SensorResult(
+            skip_reason="a restart of the streaming app is in progress",
+            asset_events=speed_layer_events(settings, now, None),
+        )
     observation = observe(settings, stream_launcher.launcher(settings), now)
+    events = speed_layer_events(settings, now, observation)
     decision = decide(observation, thresholds(settings), State.from_cursor(context.cursor), now)
     context.log.info(decision.summary())
     context.update_cursor(decision.cursor())
     if decision.action == "ok":
-        return dg.SkipReason(decision.summary())
+        return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
     if decision.action == "alert" and decision.notify:
         alerts.send(
             Alert(
@@ -108,11 +121,54 @@ def streaming_supervisor(
             )
         )
     if decision.action == "alert":
-        return dg.SkipReason(decision.summary())
-    return dg.RunRequest(
+        return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
+    request = dg.RunRequest(
         run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",
         tags={REASONS_TAG: json.dumps(decision.reasons)},
     )
+    return dg.SensorResult(run_requests=[request], asset_events=events)
+
+
+def _observation(asset: str, **figures) -> dg.AssetObservation:
+    """An observation of a speed-layer asset; figures the tick could not read are left out."""
+    return dg.AssetObservation(
+        asset_key=asset, metadata={k: v for k, v in figures.items() if v is not None}
+    )
+
+
+def speed_layer_events(settings: Settings, now: float, seen: Observation | None) -> list:
+    """What every tick records on the speed layer's assets: the last micro-batch and its
+    freshness (from the stream's own files), the rates the Spark UI gave (`seen`), the lag,
+    the newest landed hour, and the freshness check."""
+    fresh = speed_freshness(settings)
+    landed = sorted(p.name for p in settings.landing_dir.glob("hour=*"))
+    check = freshness_result(fresh, settings, now)
+    ui = seen or Observation()
+    return [
+        _observation("kafka_beacons", lag=ui.lag, input_rate=ui.input_rate),
+        _observation(
+            "speed_metrics",
+            last_batch=fresh.last_batch,
+            behind_minutes=fresh.behind_minutes(now),
+            last_batch_messages=fresh.messages,
+            last_batch_seconds=fresh.batch_seconds,
+            app_running=None if seen is None else ui.app_running,
+            input_rate=ui.input_rate,
+            processing_rate=ui.processing_rate,
+            latency_ms=ui.latency_ms,
+        ),
+        _observation(
+            "landing_zone", newest_hour=landed[-1].removeprefix("hour=") if landed else None
+        ),
+        dg.AssetCheckEvaluation(
+            asset_key=check.asset_key,
+            check_name=check.check_name,
+            passed=check.passed,
+            metadata=check.metadata,
+            severity=check.severity,
+            description=check.description,
+        ),
+    ]
 
 
 @dg.run_failure_sensor(
@@ -134,7 +190,21 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsReso
 
 # A failed blocking check fails its run, which `alert_on_run_failure` reports; these do not.
 NON_BLOCKING_CHECKS = [spec.key for spec in experiment_metrics.check_specs if not spec.blocking]
+TICK_CHECKS = list(speed_metrics_fresh.check_keys)  # evaluated every supervisor tick
 CHECK_HISTORY = 100  # newest evaluations read per check and tick
+
+
+def newly_failed(records: list, every: bool) -> list:
+    """The failed evaluations worth an alert: each one when `every`, else only the first
+    failure after a pass (the freshness check is evaluated every supervisor tick: a stale
+    stream is reported once, not once a minute)."""
+    found, before = [], None
+    for record in sorted(records, key=lambda r: r.id):
+        failed = record.status.value == "FAILED"
+        if failed and (every or before != "FAILED"):
+            found.append(record)
+        before = record.status.value
+    return found
 
 
 @dg.sensor(
@@ -144,13 +214,12 @@ CHECK_HISTORY = 100  # newest evaluations read per check and tick
 )
 def alert_on_failed_check(context: dg.SensorEvaluationContext, alerts: AlertsResource):
     seen = int(context.cursor or 0)
+    history = context.instance.event_log_storage.get_asset_check_execution_history
     failed = [
         record
-        for key in NON_BLOCKING_CHECKS
-        for record in context.instance.event_log_storage.get_asset_check_execution_history(
-            key, limit=CHECK_HISTORY
-        )
-        if record.id > seen and record.status.value == "FAILED"
+        for key in (*NON_BLOCKING_CHECKS, *TICK_CHECKS)
+        for record in newly_failed(history(key, limit=CHECK_HISTORY), key not in TICK_CHECKS)
+        if record.id > seen
     ]
     if not failed:
         return dg.SkipReason(f"no failed check since record {seen}")

@@ -17,6 +17,7 @@ pytest_plugins = ["tests.fixtures_postgres"]
 SLOWEST_FILES = {
     "test_stream_faults.py": 665,
     "test_stream.py": 430,
+    "test_live_loop.py": 360,
     "test_dagster_dev.py": 347,
     "test_batch_layer.py": 330,
     "test_cluster.py": 318,

@@ -40,15 +40,22 @@ def landed_lines(landing_dir: Path, files: str = "*.json") -> list[str]:
     ]
 
 
-def supervisor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor=None):
-    """Evaluate one tick of `streaming_supervisor` with the resources of `defs`."""
+def supervisor_tick(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor=None, events: list | None = None
+):
+    """Evaluate one tick of `streaming_supervisor` with the resources of `defs`: its skip
+    reason or run request and its cursor; the asset events it records go to `events`."""
     from sensors.supervisor import streaming_supervisor
 
     names = ("alerts", "stream_launcher", "expo")
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={n: defs.resources[n] for n in names}
     )
-    return streaming_supervisor(context), context.cursor
+    result = streaming_supervisor(context)
+    if events is not None:
+        events.extend(result.asset_events)
+    outcome = result.run_requests[0] if result.run_requests else result.skip_reason
+    return outcome, context.cursor
 
 
 def stream_env(tmp_path: Path, kafka, zookeeper, topic: str, mailbox, webhook) -> dict[str, str]:

@@ -122,6 +122,38 @@ def test_the_cursor_keeps_state_and_figures():
     assert '"lag": 5000' in decision.cursor() and "lag=5000" in decision.summary()
 
 
+def test_a_restart_waits_for_the_old_apps_ui_port(tmp_path):
+    """The old driver's JVM can hold the UI port a moment after its process is gone."""
+    import socket
+    import threading
+    import time as clock
+
+    from expo_platform.settings import load_settings
+    from expo_platform.supervision import restart
+
+    port = free_port()
+    held = socket.create_server(("127.0.0.1", port))
+    threading.Timer(1.5, held.close).start()
+
+    class Launcher:  # the old app stops at once, but its port is still taken
+        settings = load_settings({"EXPO_STREAM_UI_PORT": str(port), "EXPO_HOME": str(tmp_path)})
+        started_at = None
+
+        def stop(self) -> bool:
+            return True
+
+        def start(self):
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0, "started on a taken port"
+            self.started_at = clock.monotonic()
+            return type("App", (), {"pid": 1})()
+
+    launcher = Launcher()
+    begun = clock.monotonic()
+    was_running, app = restart(launcher)
+    assert was_running and app.pid == 1 and launcher.started_at - begun >= 1.0
+
+
 def test_alerts_reach_a_real_smtp_server_and_webhook(mailbox, webhook):  # noqa: F811
     host, port = mailbox.address.split(":")
     channels = Channels(

@@ -74,8 +74,23 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
         assert seen.succeeded_jobs > 0 and seen.failed_jobs == 0
 
         with dg.DagsterInstance.ephemeral() as instance:
-            result, cursor = supervisor_tick(defs, instance)
+            events: list = []
+            result, cursor = supervisor_tick(defs, instance, events=events)
             assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok")
+            # Every tick records what it saw on the speed layer's external assets.
+            observed = {
+                e.asset_key.to_user_string(): {k: v.value for k, v in e.metadata.items()}
+                for e in events
+                if isinstance(e, dg.AssetObservation)
+            }
+            assert observed["kafka_beacons"]["lag"] == 0
+            assert observed["speed_metrics"]["last_batch"].startswith("0000-")
+            assert observed["speed_metrics"]["app_running"] is True
+            assert observed["landing_zone"]["newest_hour"] == "2026-03-02-10"
+            # The traffic is of March 2026: far behind the clock, so the check fails.
+            (check,) = [e for e in events if isinstance(e, dg.AssetCheckEvaluation)]
+            assert check.check_name == "speed_metrics_fresh" and check.passed is False
+            assert observed["speed_metrics"]["behind_minutes"] > 60
             state = json.loads(cursor)
             assert state["action"] == "ok" and state["seen"]["lag"] == 0
             assert state["seen"]["app_id"] == seen.app_id
