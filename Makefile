@@ -32,7 +32,7 @@ dagster-home: venv
 	@$(PY) -m expo_platform.cli dagster-home
 
 demo: deps
-	@$(PY) -m expo_platform.demo
+	@$(PY) -m expo_platform.devtools.demo
 
 test: deps
 	@$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
@@ -54,20 +54,20 @@ clean:
 .PHONY: services services-down up down
 
 services: deps
-	@$(PY) -m expo_platform.services up
+	@$(PY) -m expo_platform.ops.services up
 
 services-down:
-	@$(PY) -m expo_platform.services down
+	@$(PY) -m expo_platform.ops.services down
 
 # A Spark standalone master and one worker from the pyspark wheel, on EXPO_CLUSTER_MASTER_PORT
 # (web UI EXPO_CLUSTER_UI_PORT); logs and pid files in EXPO_SERVICES_DIR.
 .PHONY: cluster cluster-down
 
 cluster: deps
-	@$(PY) -m expo_platform.services cluster-up
+	@$(PY) -m expo_platform.ops.services cluster-up
 
 cluster-down:
-	@$(PY) -m expo_platform.services cluster-down
+	@$(PY) -m expo_platform.ops.services cluster-down
 
 # Benchmarks (bench/): batch and streaming throughput, printed as a table and written to
 # bench/results/<time>.json. Generated inputs are cached in bench/.cache.
@@ -77,7 +77,7 @@ bench: deps
 # The whole platform on one machine: services, the streaming app, live traffic, Dagster
 # (webserver and daemon, schedules and sensors on). `make down` stops it all, by pid.
 up: deps
-	@$(PY) -m expo_platform.local up
+	@$(PY) -m expo_platform.ops.local up
 
 down:
-	@$(PY) -m expo_platform.local down
+	@$(PY) -m expo_platform.ops.local down

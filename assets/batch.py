@@ -8,11 +8,17 @@ from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
 from assets.partitions import HOURLY, partition_hour
-from expo_platform import batch, lake
-from expo_platform.beacons import REJECT_REASONS
-from expo_platform.dagster_home import SPARK_POOL
-from expo_platform.hours import hour_iso
-from expo_platform.reconcile import Reconciliation, reconcile_hour
+from expo_platform import lake
+from expo_platform.batch import steps
+from expo_platform.core.checks import (
+    metrics_by_key,
+    reject_rate,
+    rejected_by_reason,
+    sanity_violations,
+)
+from expo_platform.core.hours import hour_iso
+from expo_platform.ops.dagster_home import SPARK_POOL
+from expo_platform.serving.reconcile import Reconciliation, reconcile_hour
 from expo_platform.spark import quiet
 from resources import ExpoResource, MetricStoreResource
 
@@ -77,9 +83,9 @@ def beacons(
     hour = partition_hour(context)
     # Taken before reading: a file that lands meanwhile makes the late-data sensor redo it.
     signature = lake.landing_signature(settings, hour)
-    result = batch.process_beacons(spark(pyspark), settings, hour)
+    result = steps.process_beacons(spark(pyspark), settings, hour)
     counts = result.counts
-    rejected = {r: counts[f"beacons_rejected_{r}"] for r in REJECT_REASONS}
+    rejected = rejected_by_reason(counts)
     total = counts["beacons_total"]
     yield dg.MaterializeResult(
         asset_key="beacons",
@@ -101,7 +107,7 @@ def beacons(
             "preview": markdown_table(result.preview["beacon_rejects"]),
         },
     )
-    rate = sum(rejected.values()) / total if total else 0.0
+    rate = reject_rate(counts)
     yield dg.AssetCheckResult(
         asset_key="beacons",
         check_name="reject_rate_below_threshold",
@@ -125,7 +131,7 @@ def data_quality(
 ) -> dg.MaterializeResult:
     """Count total, valid, duplicate and rejected beacons per reason into the metric store."""
     with metric_store.open() as store:
-        result = batch.write_quality(
+        result = steps.write_quality(
             spark(pyspark), expo.settings(), store, partition_hour(context)
         )
     return dg.MaterializeResult(metadata={**result.counts, "points_written": len(result.counts)})
@@ -147,7 +153,7 @@ def sessions(
 ) -> dg.MaterializeResult:
     """Sessionize the hour's beacons, continuing the visits still open at the end of H-1."""
     settings = expo.settings()
-    result = batch.process_sessions(spark(pyspark), settings, partition_hour(context))
+    result = steps.process_sessions(spark(pyspark), settings, partition_hour(context))
     return dg.MaterializeResult(
         metadata={
             **result.counts,
@@ -155,17 +161,6 @@ def sessions(
             "preview": markdown_table(result.preview["sessions"]),
         }
     )
-
-
-SANITY_RULES = (
-    ("bounces <= visits", lambda m: m.get("bounces", 0) <= m.get("visits", 0)),
-    ("visitors <= visitors_24h", lambda m: m.get("visitors", 0) <= m.get("visitors_24h", 0)),
-    (
-        "page_load_ms_count <= page_views",
-        lambda m: m.get("page_load_ms_count", 0) <= m.get("page_views", 0),
-    ),
-    ("no negative value", lambda m: min(m.values()) >= 0),
-)
 
 
 @dg.asset(
@@ -194,22 +189,15 @@ def experiment_metrics(
     hour = partition_hour(context)
     settings = expo.settings()
     with metric_store.open() as store:
-        result = batch.process_metrics(spark(pyspark), settings, store, hour)
+        result = steps.process_metrics(spark(pyspark), settings, store, hour)
         # The check reads back what the store holds, not what was computed.
         points = store.query(layer="batch", hour_from=hour_iso(hour), hour_to=hour_iso(hour))
         drift = reconcile_hour(store, hour_iso(hour), settings.reconcile_tolerance)
     yield dg.MaterializeResult(
         metadata={**result.counts, "preview": markdown_table(result.preview["experiment_metrics"])}
     )
-    by_key: dict[tuple, dict[str, float]] = {}
-    for p in points:
-        by_key.setdefault((p.experiment, p.variant, p.population), {})[p.metric] = p.value
-    broken = [
-        f"{'/'.join(key)}: {name}"
-        for key, values in sorted(by_key.items())
-        for name, rule in SANITY_RULES
-        if not rule(values)
-    ]
+    by_key = metrics_by_key(points)
+    broken = sanity_violations(by_key)
     yield dg.AssetCheckResult(
         check_name="metric_sanity",
         passed=not broken,

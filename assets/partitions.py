@@ -6,7 +6,7 @@ from datetime import date, datetime
 
 import dagster as dg
 
-from expo_platform.hours import KEY_FORMAT, parse_hour
+from expo_platform.core.hours import KEY_FORMAT, parse_hour
 from expo_platform.settings import load_settings
 
 HOURLY = dg.HourlyPartitionsDefinition(

@@ -7,8 +7,9 @@ from dagster_pyspark import PySparkResource
 
 from assets.batch import markdown_table, spark
 from assets.partitions import DAILY, partition_day
-from expo_platform import batch, daily
-from expo_platform.dagster_home import SPARK_POOL
+from expo_platform.analysis import daily
+from expo_platform.batch import steps
+from expo_platform.ops.dagster_home import SPARK_POOL
 from resources import ExpoResource, MetricStoreResource
 
 GROUP = "analysis"
@@ -46,12 +47,12 @@ def visitor_daily(
 ) -> Iterator:
     """Sum the day's session facts per visitor, bounces made final by the following hour."""
     settings, day = expo.settings(), partition_day(context)
-    result = batch.process_visitor_daily(spark(pyspark), settings, day)
+    result = steps.process_visitor_daily(spark(pyspark), settings, day)
     yield dg.MaterializeResult(
         metadata={**result.counts, "preview": markdown_table(result.preview["visitor_daily"])}
     )
     with metric_store.open() as store:
-        keys, mismatches = batch.check_visitor_daily(spark(pyspark), settings, store, day)
+        keys, mismatches = steps.check_visitor_daily(spark(pyspark), settings, store, day)
     yield dg.AssetCheckResult(
         check_name="visitor_sums_equal_hourly_metrics",
         passed=not mismatches,

@@ -9,8 +9,8 @@ import time
 
 import dagster as dg
 
+from expo_platform.ops.supervision import SpeedFreshness, speed_freshness
 from expo_platform.settings import Settings
-from expo_platform.supervision import SpeedFreshness, speed_freshness
 from resources import ExpoResource
 
 GROUP = "speed"

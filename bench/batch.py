@@ -16,11 +16,11 @@ from pathlib import Path
 import psutil
 
 from bench import duckdb_peer
-from expo_platform.generator import GeneratorConfig, write_landing
-from expo_platform.hours import HOUR_MS, hour_iso, hour_key, hour_start_ms, parse_hour
-from expo_platform.metrics import ALLOWED_ERROR
+from expo_platform.core.hours import HOUR_MS, hour_iso, hour_key, hour_start_ms, parse_hour
+from expo_platform.core.metrics import ALLOWED_ERROR
+from expo_platform.devtools.generator import GeneratorConfig, write_landing
+from expo_platform.serving.store import MetricStore
 from expo_platform.settings import load_settings
-from expo_platform.store import MetricStore
 
 HOUR = parse_hour("2026-03-02T12")
 BEACONS_PER_VISITOR = 5.3  # measured on the generator: lines per visitor in a busy hour
@@ -108,7 +108,7 @@ def run_spark(data: BatchInput, progress) -> SparkRun:
     """The hourly asset graph (ingest H and H+1, metrics of H) on a fresh lake and store,
     then the same hours again in the same process."""
     from expo_platform.cli import load_orchestration
-    from expo_platform.dagster_home import prepare_dagster_home
+    from expo_platform.ops.dagster_home import prepare_dagster_home
 
     work = Path(tempfile.mkdtemp(prefix="expo-bench-"))
     settings = load_settings(

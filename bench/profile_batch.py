@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from bench.batch import HOUR, cached_input, tuning_environ
-from expo_platform import batch, lake
-from expo_platform import beacons as bc
-from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_start_ms
+from expo_platform import lake
+from expo_platform.batch import steps
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import HOUR_MS, ONE_HOUR, hour_start_ms
+from expo_platform.serving.store import MetricStore
 from expo_platform.settings import load_settings
 from expo_platform.spark import get_spark
-from expo_platform.store import MetricStore
 
 
 def main() -> None:
@@ -48,19 +49,19 @@ def main() -> None:
     step("parse + validate (count valid)", lambda: parsed.where("reason is null").count())
     classified = bc.classify_hour(lake.read_landing(spark, files), index)
     step("classify incl. dedup (count)", lambda: classified.count())
-    step("process_beacons (asset)", lambda: batch.process_beacons(spark, settings, HOUR))
+    step("process_beacons (asset)", lambda: steps.process_beacons(spark, settings, HOUR))
     with MetricStore(settings.metric_store) as store:
-        step("write_quality", lambda: batch.write_quality(spark, settings, store, HOUR))
-    step("process_sessions", lambda: batch.process_sessions(spark, settings, HOUR))
+        step("write_quality", lambda: steps.write_quality(spark, settings, store, HOUR))
+    step("process_sessions", lambda: steps.process_sessions(spark, settings, HOUR))
     step(
         "next hour (beacons+sessions)",
         lambda: (
-            batch.process_beacons(spark, settings, HOUR + ONE_HOUR),
-            batch.process_sessions(spark, settings, HOUR + ONE_HOUR),
+            steps.process_beacons(spark, settings, HOUR + ONE_HOUR),
+            steps.process_sessions(spark, settings, HOUR + ONE_HOUR),
         ),
     )
     with MetricStore(settings.metric_store) as store:
-        step("process_metrics", lambda: batch.process_metrics(spark, settings, store, HOUR))
+        step("process_metrics", lambda: steps.process_metrics(spark, settings, store, HOUR))
     total = sum(t for name, t in timings[3:])
     print(f"{'asset steps total':<40} {total:8.1f}s  {data.lines / total:,.0f} beacons/s")
     # In production the 23 hours before H hold a day of traffic, which visitors_24h reads:
@@ -73,7 +74,7 @@ def main() -> None:
     with MetricStore(settings.metric_store) as store:
         step(
             "process_metrics, 23 busy hours before",
-            lambda: batch.process_metrics(spark, settings, store, HOUR),
+            lambda: steps.process_metrics(spark, settings, store, HOUR),
         )
     shutil.rmtree(work, ignore_errors=True)
 

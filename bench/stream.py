@@ -22,11 +22,11 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from expo_platform import services
+from expo_platform.core.hours import parse_hour
+from expo_platform.core.visits import VISIT_GAP_MS
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines
 from expo_platform.errors import ExpoError
-from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.hours import parse_hour
-from expo_platform.visits import VISIT_GAP_MS
+from expo_platform.ops import services
 
 START = parse_hour("2026-03-02T08")
 

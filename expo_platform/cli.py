@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from expo_platform.dagster_home import POOL_LIMITS, ensure_dagster_home, prepare_dagster_home
+from expo_platform.core.hours import hour_iso, hour_label, parse_hour
 from expo_platform.errors import ExpoError
-from expo_platform.hours import hour_iso, hour_label, parse_hour
 from expo_platform.logs import configure_logging
+from expo_platform.ops.dagster_home import POOL_LIMITS, ensure_dagster_home, prepare_dagster_home
 from expo_platform.settings import (
     REGION_PATTERN,
     SETTINGS_DOC,
@@ -87,7 +87,7 @@ def load_orchestration():
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
-    from expo_platform.generator import GeneratorConfig, write_landing
+    from expo_platform.devtools.generator import GeneratorConfig, write_landing
 
     config = GeneratorConfig(
         start=args.start,
@@ -114,7 +114,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
 
 def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
     """`expo generate --kafka`: live traffic on the wall clock, or `--replay` of a period."""
-    from expo_platform.producer import produce_live, produce_realtime
+    from expo_platform.devtools.producer import produce_live, produce_realtime
 
     topic = args.topic or settings.kafka_topic
     if not args.rate:
@@ -141,7 +141,7 @@ def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> None:
     import dataclasses
 
-    from expo_platform.stream import run_stream
+    from expo_platform.speed.stream import run_stream
 
     if args.trigger:
         settings = dataclasses.replace(settings, stream_trigger_seconds=args.trigger)
@@ -168,7 +168,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _open_store(settings: Settings):
-    from expo_platform.store import MetricStore
+    from expo_platform.serving.store import MetricStore
 
     return MetricStore(settings.metric_store)
 
@@ -201,9 +201,9 @@ def cmd_quality(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_scorecard(args: argparse.Namespace, settings: Settings) -> None:
-    from expo_platform.daily import compute_scorecard
+    from expo_platform.analysis.daily import compute_scorecard
+    from expo_platform.analysis.reports import scorecard_text
     from expo_platform.lake import require_lake
-    from expo_platform.reports import scorecard_text
     from expo_platform.spark import get_spark
 
     require_lake(settings)
@@ -227,7 +227,7 @@ def _day_arg(text: str) -> date:
 
 
 def cmd_writer(args: argparse.Namespace, settings: Settings) -> None:
-    from expo_platform.lease import switch_writer, writer_status
+    from expo_platform.speed.lease import switch_writer, writer_status
 
     group = settings.stream_consumer
     if args.action == "switch":

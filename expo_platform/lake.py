@@ -13,12 +13,12 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from expo_platform.beacons import BEACON_SCHEMA, REJECT_SCHEMA
+from expo_platform.core.beacons import BEACON_SCHEMA, REJECT_SCHEMA
+from expo_platform.core.hours import hour_key
+from expo_platform.core.metrics import SKETCHES_SCHEMA
+from expo_platform.core.visits import SESSIONS_SCHEMA
 from expo_platform.errors import ExpoError
-from expo_platform.hours import hour_key
-from expo_platform.metrics import SKETCHES_SCHEMA
 from expo_platform.settings import Settings
-from expo_platform.visits import SESSIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 

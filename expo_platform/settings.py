@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from expo_platform.core.hours import parse_hour
 from expo_platform.errors import ExpoError, SettingsError
-from expo_platform.hours import parse_hour
 
 
 def _path(text: str) -> Path:

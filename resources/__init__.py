@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from expo_platform.alerts import Alert, Channels, send
+from expo_platform.ops.alerts import Alert, Channels, send
+from expo_platform.ops.supervision import StreamLauncher, stream_launcher
+from expo_platform.serving.store import MetricStore
 from expo_platform.settings import Settings, load_settings
-from expo_platform.store import MetricStore
-from expo_platform.supervision import StreamLauncher, stream_launcher
 
 
 class ExpoResource(dg.ConfigurableResource):

@@ -13,8 +13,8 @@ from datetime import datetime
 import dagster as dg
 
 from assets.partitions import HOURLY
+from expo_platform.core.hours import ONE_HOUR, hour_key, hour_label, hour_range, parse_hour
 from expo_platform.errors import ExpoError
-from expo_platform.hours import ONE_HOUR, hour_key, hour_label, hour_range, parse_hour
 from sensors.schedules import day_completed_by
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The late-data sensor: landing hours that changed after they were processed are redone.
 
-The rules live in `expo_platform.late_data`; this module reads the instance and requests runs.
+The rules live in `expo_platform.batch.late_data`; this module reads the instance and requests runs.
 """
 
 import hashlib
@@ -8,8 +8,8 @@ import hashlib
 import dagster as dg
 
 from expo_platform import lake
-from expo_platform.hours import hour_key, parse_hour
-from expo_platform.late_data import changed_hours, redo_plan
+from expo_platform.batch.late_data import changed_hours, redo_plan
+from expo_platform.core.hours import hour_key, parse_hour
 from resources import ExpoResource
 from sensors.jobs import hourly_ingest_job, hourly_metrics_job
 

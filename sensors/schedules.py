@@ -4,7 +4,7 @@ from datetime import date, datetime, timedelta
 
 import dagster as dg
 
-from expo_platform.hours import ONE_HOUR, hour_key, parse_hour, truncate_hour
+from expo_platform.core.hours import ONE_HOUR, hour_key, parse_hour, truncate_hour
 from expo_platform.settings import load_settings
 from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
 

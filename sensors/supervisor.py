@@ -1,6 +1,6 @@
 """Operations: the streaming supervisor, its restart job, and alerts on failed runs and checks.
 
-The rules live in `expo_platform.supervision`; this module only wires them into Dagster.
+The rules live in `expo_platform.ops.supervision`; this module only wires them into Dagster.
 """
 
 import json
@@ -10,9 +10,8 @@ import dagster as dg
 
 from assets.batch import experiment_metrics
 from assets.speed import freshness_result, speed_metrics_fresh
-from expo_platform.alerts import Alert
-from expo_platform.settings import Settings, load_settings
-from expo_platform.supervision import (
+from expo_platform.ops.alerts import Alert
+from expo_platform.ops.supervision import (
     Observation,
     State,
     Thresholds,
@@ -21,6 +20,7 @@ from expo_platform.supervision import (
     restart,
     speed_freshness,
 )
+from expo_platform.settings import Settings, load_settings
 from resources import AlertsResource, ExpoResource, StreamLauncherResource
 
 RESTART_JOB = "restart_streaming"

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 
-from expo_platform import beacons as bc
-from expo_platform.hours import HOUR_MS, hour_start_ms
-from expo_platform.visits import SESSIONS_SCHEMA, build_sessions
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import HOUR_MS, hour_start_ms
+from expo_platform.core.visits import SESSIONS_SCHEMA, build_sessions
 
 H0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 MIN = 60_000

@@ -7,7 +7,9 @@ import pytest
 from expo_platform.settings import Settings, load_settings
 from expo_platform.spark import get_spark
 
-pytest_plugins = ["tests.fixtures_postgres"]
+# Fixture modules: their fixtures (postgres_url, kafka, zookeeper, mailbox, webhook) reach
+# every test module without an import.
+pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_services", "tests.fixtures_alerts"]
 
 # Seconds per test file in the suite with two workers (`make test`, 2026-11-27), the slowest
 # first. `make test` hands whole files to workers in collection order (`--dist loadfile

@@ -1,6 +1,7 @@
 """Real alert receivers for the tests: an SMTP server (aiosmtpd) and an HTTP webhook receiver.
 
-from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
+The fixtures `mailbox` and `webhook` reach every test module (conftest.py registers this
+module in `pytest_plugins`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 
-from expo_platform.services import free_port
+from expo_platform.ops.services import free_port
 
 
 @dataclass

@@ -1,9 +1,7 @@
 """Real ZooKeeper and Kafka-compatible broker (Tansu) for the tests, on free loopback ports.
 
-Use them from a test module with:
-
-    from tests.fixtures_services import kafka, zookeeper  # noqa: F401
-
+The fixtures `kafka` and `zookeeper` reach every test module (conftest.py registers this
+module in `pytest_plugins`).
 Both are session-scoped: started once, stopped at the end of the run. Tests share the broker,
 so each test should use its own topic (`unique_topic()`) and ZooKeeper consumer name.
 """
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from expo_platform.errors import ExpoError
-from expo_platform.services import Service, free_port, start_broker, start_zookeeper
+from expo_platform.ops.services import Service, free_port, start_broker, start_zookeeper
 
 START_ATTEMPTS = 3
 _topics = itertools.count(1)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import pytest
+
+from expo_platform.settings import Settings, load_settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Screenshots and other files a reviewer may want to look at after a run.
@@ -61,7 +65,7 @@ def supervisor_tick(
 def stream_env(tmp_path: Path, kafka, zookeeper, topic: str, mailbox, webhook) -> dict[str, str]:
     """Settings of a streaming app under the supervisor: its own lake, store, services dir,
     topic and consumer, a 5 s trigger, a free UI port, and alerts to the test's receivers."""
-    from expo_platform.services import free_port
+    from expo_platform.ops.services import free_port
 
     return {
         "EXPO_LAKE": str(tmp_path / "lake"),
@@ -78,3 +82,32 @@ def stream_env(tmp_path: Path, kafka, zookeeper, topic: str, mailbox, webhook) -
         "EXPO_ALERT_EMAIL_TO": "oncall@example.com",
         "EXPO_ALERT_WEBHOOK_URL": webhook.url,
     }
+
+
+def generated_lake(root: Path, spark_conf: dict, config) -> tuple[Settings, object]:
+    """Settings of a fresh lake and store under `root`, with `config`'s traffic landed, and
+    the generator's report of what it wrote."""
+    from expo_platform.devtools.generator import write_landing
+
+    settings = load_settings(
+        {},
+        lake=root / "lake",
+        metric_store=f"sqlite:///{root / 'metrics.sqlite'}",
+        dagster_home=root / "dagster",
+        spark_conf=spark_conf,
+        max_reject_rate=0.5,
+    )
+    return settings, write_landing(config, settings.landing_dir, progress=lambda *_: None)
+
+
+@contextmanager
+def in_dagster_home(settings: Settings) -> Iterator[None]:
+    """The environment a Dagster run of this lake sees: its home, lake and store."""
+    from expo_platform.ops.dagster_home import prepare_dagster_home
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(settings.dagster_home))
+        mp.setenv("EXPO_LAKE", str(settings.lake))
+        mp.setenv("EXPO_METRIC_STORE", settings.metric_store)
+        prepare_dagster_home(settings, PROJECT)
+        yield

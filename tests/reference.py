@@ -6,7 +6,7 @@ line is shared with another test module (`reference_reason`, itself an independe
 of section 1).
 
 Where METRICS.md is silent this module takes the choices below, those of a careful analyst
-(and, for the statistics, the conventions `expo_platform.stats` documents, so that the two
+(and, for the statistics, the conventions `expo_platform.analysis.stats` documents, so that the two
 scorecards can be compared field by field):
 
 - Reading: folders `hour=YYYY-MM-DD-HH`, in hour order; in each, `*.json` and `*.json.gz`

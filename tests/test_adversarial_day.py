@@ -21,17 +21,15 @@ import pytest
 
 from definitions import build_defs
 from expo_platform import lake
-from expo_platform.dagster_home import prepare_dagster_home
-from expo_platform.daily import POPULATIONS, scorecard_path
-from expo_platform.generator import DEFAULT_EXPERIMENTS, GeneratorConfig, write_landing
-from expo_platform.hours import parse_hour
-from expo_platform.metrics import ALLOWED_ERROR
-from expo_platform.scorecards import VISITOR_METRICS
-from expo_platform.settings import load_settings
-from expo_platform.store import MetricStore
+from expo_platform.analysis.daily import POPULATIONS, scorecard_path
+from expo_platform.analysis.scorecards import VISITOR_METRICS
+from expo_platform.core.hours import parse_hour
+from expo_platform.core.metrics import ALLOWED_ERROR
+from expo_platform.devtools.generator import DEFAULT_EXPERIMENTS, GeneratorConfig
+from expo_platform.serving.store import MetricStore
 from sensors.batch_runner import run_batch
 from tests import reference
-from tests.test_batch_layer import PROJECT
+from tests.helpers import generated_lake, in_dagster_home
 
 DAY = date(2026, 3, 2)
 # Robots stay for up to 15 hours: the day's traffic starts at 09:00.
@@ -44,21 +42,10 @@ CONFIG = GeneratorConfig(
 @pytest.fixture(scope="module")
 def adversarial_day(tmp_path_factory, session_lake, spark):
     """The finished day, analysed by the batch layer, and the oracle's counted beacons."""
-    root = tmp_path_factory.mktemp("adversarial")
-    settings = load_settings(
-        {},
-        lake=root / "lake",
-        metric_store=f"sqlite:///{root / 'metrics.sqlite'}",
-        dagster_home=root / "dagster",
-        spark_conf=session_lake.spark_conf,
-        max_reject_rate=0.5,
+    settings, report = generated_lake(
+        tmp_path_factory.mktemp("adversarial"), session_lake.spark_conf, CONFIG
     )
-    report = write_landing(CONFIG, settings.landing_dir, progress=lambda *_: None)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(settings.dagster_home))
-        mp.setenv("EXPO_LAKE", str(settings.lake))
-        mp.setenv("EXPO_METRIC_STORE", settings.metric_store)
-        prepare_dagster_home(settings, PROJECT)
+    with in_dagster_home(settings):
         done = run_batch(build_defs(settings), FIRST, LAST, progress=lambda line: None)
         instance = dg.DagsterInstance.get()
     beacons = reference.load_counted(settings.landing_dir)

@@ -19,18 +19,15 @@ from scipy import stats as sps
 
 from definitions import build_defs
 from expo_platform import cli, lake
-from expo_platform.dagster_home import prepare_dagster_home
-from expo_platform.daily import scorecard_path, trend_report_path
-from expo_platform.generator import GeneratorConfig, write_landing
-from expo_platform.hours import parse_hour
-from expo_platform.scorecards import VISITOR_METRICS
-from expo_platform.settings import load_settings
-from expo_platform.store import MetricStore, Point
+from expo_platform.analysis.daily import scorecard_path, trend_report_path
+from expo_platform.analysis.scorecards import VISITOR_METRICS
+from expo_platform.core.hours import parse_hour
+from expo_platform.devtools.generator import GeneratorConfig
+from expo_platform.serving.store import MetricStore, Point
 from resources import AlertsResource
 from sensors.batch_runner import run_batch
 from sensors.supervisor import alert_on_failed_check, alert_on_run_failure
-from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
-from tests.test_batch_layer import PROJECT
+from tests.helpers import generated_lake, in_dagster_home
 
 DAY = date(2026, 3, 2)
 FIRST, LAST = parse_hour("2026-03-02T21"), parse_hour("2026-03-02T23")
@@ -39,22 +36,11 @@ FIRST, LAST = parse_hour("2026-03-02T21"), parse_hour("2026-03-02T23")
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory, session_lake, spark):
     """A lake whose day 2026-03-02 has been analysed; speed points of 22:00 are off by 10%."""
-    root = tmp_path_factory.mktemp("analysis")
-    settings = load_settings(
-        {},
-        lake=root / "lake",
-        metric_store=f"sqlite:///{root / 'metrics.sqlite'}",
-        dagster_home=root / "dagster",
-        spark_conf=session_lake.spark_conf,
-        max_reject_rate=0.5,
-    )
     config = GeneratorConfig(start=FIRST, hours=3, visitors=1500, seed=11, dirty_fraction=0.01)
-    write_landing(config, settings.landing_dir, progress=lambda *_: None)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(settings.dagster_home))
-        mp.setenv("EXPO_LAKE", str(settings.lake))
-        mp.setenv("EXPO_METRIC_STORE", settings.metric_store)
-        prepare_dagster_home(settings, PROJECT)
+    settings, _ = generated_lake(
+        tmp_path_factory.mktemp("analysis"), session_lake.spark_conf, config
+    )
+    with in_dagster_home(settings):
         defs = build_defs(settings)
         done = run_batch(defs, FIRST, LAST, progress=lambda line: None)
         # The speed layer's view of 22:00: every orders point 10% high.
@@ -162,7 +148,7 @@ def test_reconciliation_check_reports_the_drift(analysed):
     assert metadata["drift_visits"].value == 0.0
 
 
-def test_a_failed_reconciliation_check_is_alerted_once(analysed, mailbox, webhook):  # noqa: F811
+def test_a_failed_reconciliation_check_is_alerted_once(analysed, mailbox, webhook):
     _, _, instance = analysed
     alerts = AlertsResource(
         smtp=mailbox.address, mail_to="oncall@example.com", webhook_url=webhook.url
@@ -225,8 +211,8 @@ def _latest_evaluation(instance, key: dg.AssetCheckKey):
 
 def test_visitor_daily_that_does_not_add_up_stops_the_scorecards_and_alerts(
     analysed,
-    mailbox,  # noqa: F811
-    webhook,  # noqa: F811
+    mailbox,
+    webhook,
 ):
     settings, _, instance = analysed
     evaluation, _ = _latest_evaluation(instance, VISITOR_SUMS_CHECK)

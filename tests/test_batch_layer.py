@@ -12,10 +12,10 @@ import pytest
 
 from definitions import build_defs
 from expo_platform import lake
-from expo_platform.dagster_home import prepare_dagster_home
+from expo_platform.core.hours import hour_iso, hour_key, hour_start_ms, parse_hour
 from expo_platform.errors import ExpoError
-from expo_platform.hours import hour_iso, hour_key, hour_start_ms, parse_hour
-from expo_platform.store import MetricStore
+from expo_platform.ops.dagster_home import prepare_dagster_home
+from expo_platform.serving.store import MetricStore
 from sensors.batch_runner import run_batch
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ def test_hours_outside_the_partitions_are_refused(batch_env):
 
 
 def test_metrics_need_the_next_hour(batch_env, spark):
-    from expo_platform.batch import process_beacons, process_metrics, process_sessions
+    from expo_platform.batch.steps import process_beacons, process_metrics, process_sessions
 
     settings = batch_env
     write_landing(settings, H0, SCENARIO[H0])
@@ -277,7 +277,7 @@ def test_metrics_need_the_next_hour(batch_env, spark):
 
 def test_hours_without_landing_files_are_empty_hours(batch_env, spark):
     """Metrics of the hour before the data, and of the last hour before a gap, succeed."""
-    from expo_platform.batch import process_beacons, process_metrics, process_sessions
+    from expo_platform.batch.steps import process_beacons, process_metrics, process_sessions
 
     settings = batch_env
     write_landing(settings, H1, SCENARIO[H1])
@@ -301,7 +301,7 @@ def test_visitors_24h_of_an_hour_whose_beacons_were_redone_come_from_the_new_bea
     """A late file arrives for H0 and only its beacons are redone (the run fails before the
     sessions): H0's sketches of the old beacons are gone, and visitors_24h of H1 sketches H0
     from its new beacons. Redoing the sessions writes sketches that agree."""
-    from expo_platform.batch import process_beacons, process_metrics, process_sessions
+    from expo_platform.batch.steps import process_beacons, process_metrics, process_sessions
 
     settings = batch_env
     for hour, lines in SCENARIO.items():
@@ -328,7 +328,7 @@ def test_visitors_24h_of_an_hour_whose_beacons_were_redone_come_from_the_new_bea
 def test_gzipped_landing_files_are_read(batch_env, spark):
     import gzip
 
-    from expo_platform.batch import process_beacons
+    from expo_platform.batch.steps import process_beacons
 
     settings = batch_env
     folder = lake.landing_partition(settings, H0)

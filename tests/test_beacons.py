@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from expo_platform import beacons as bc
+from expo_platform.core import beacons as bc
 
 HOUR_INDEX = 498_750  # 2026-11-24T06, any hour works
 TS = HOUR_INDEX * 3_600_000 + 60_000

@@ -9,7 +9,7 @@ import pytest
 from bench import duckdb_peer
 from bench.__main__ import table
 from bench.batch import HOUR, SparkRun, cached_input, compare, run_spark
-from expo_platform.hours import HOUR_MS, hour_start_ms
+from expo_platform.core.hours import HOUR_MS, hour_start_ms
 
 
 @pytest.mark.slow

@@ -25,15 +25,12 @@ import pytest
 from bench import duckdb_peer
 from bench.batch import compare
 from definitions import build_defs
-from expo_platform import services
+from expo_platform.core.hours import HOUR_MS, hour_iso, hour_label, hour_start_ms, parse_hour
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines, write_landing
+from expo_platform.devtools.producer import produce_lines
 from expo_platform.errors import ExpoError, SettingsError
-from expo_platform.generator import GeneratorConfig, iter_lines, write_landing
-from expo_platform.hours import HOUR_MS, hour_iso, hour_label, hour_start_ms, parse_hour
-from expo_platform.offsets import ZkOffsets
-from expo_platform.producer import produce_lines
-from expo_platform.settings import load_settings
-from expo_platform.store import MetricStore
-from expo_platform.supervision import (
+from expo_platform.ops import services
+from expo_platform.ops.supervision import (
     STREAM_APP_NAME,
     LocalLauncher,
     SparkSubmitLauncher,
@@ -44,8 +41,10 @@ from expo_platform.supervision import (
     observe_master,
     stream_launcher,
 )
-from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
-from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from expo_platform.serving.store import MetricStore
+from expo_platform.settings import load_settings
+from expo_platform.speed.offsets import ZkOffsets
+from tests.fixtures_services import unique_topic
 from tests.helpers import stream_env, supervisor_tick, wait
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -76,7 +75,7 @@ def test_the_streaming_app_is_found_in_the_masters_json():
 
 
 def test_the_app_name_the_supervisor_looks_for_is_the_streams():
-    from expo_platform.stream import stream_spark_config
+    from expo_platform.speed.stream import stream_spark_config
 
     assert stream_spark_config(load_settings({}))["spark.app.name"] == STREAM_APP_NAME
 
@@ -285,10 +284,10 @@ def test_the_supervisor_restarts_the_streaming_app_on_the_cluster(
     cluster,
     tmp_path,
     monkeypatch,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
-    mailbox,  # noqa: F811
-    webhook,  # noqa: F811
+    kafka,
+    zookeeper,
+    mailbox,
+    webhook,
 ):
     topic = unique_topic("cluster")
     services.ensure_topic(kafka.address, topic, 2)

@@ -20,11 +20,11 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from expo_platform.dagster_home import ensure_dagster_home
-from expo_platform.generator import GeneratorConfig, write_landing
-from expo_platform.hours import parse_hour
+from expo_platform.core.hours import parse_hour
+from expo_platform.devtools.generator import GeneratorConfig, write_landing
+from expo_platform.ops.dagster_home import ensure_dagster_home
+from expo_platform.serving.store import MetricStore
 from expo_platform.settings import load_settings
-from expo_platform.store import MetricStore
 from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PROJECT
 
 ASSETS = ["beacons", "beacon_rejects", "data_quality", "sessions", "experiment_metrics"]
@@ -91,7 +91,7 @@ def dagster_dev(tmp_path):
         EXPO_HOURLY_SCHEDULE="stopped",
         PYSPARK_PYTHON=sys.executable,
     )
-    # The way `make`, `expo` and `expo_platform.local` prepare it: dagster.yaml and pool limits.
+    # The way `make`, `expo` and `expo_platform.ops.local` prepare it: dagster.yaml and pool limits.
     ensure_dagster_home(load_settings(env), PROJECT)
     port = free_port()
     log_path = tmp_path / "dagster-dev.log"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from expo_platform import dagster_home
-from expo_platform.dagster_home import POOL_LIMITS, SPARK_POOL, ensure_dagster_home
 from expo_platform.errors import ExpoError
+from expo_platform.ops import dagster_home
+from expo_platform.ops.dagster_home import POOL_LIMITS, SPARK_POOL, ensure_dagster_home
 from expo_platform.settings import load_settings
 from tests.helpers import PROJECT
 

@@ -13,9 +13,9 @@ from itertools import islice, pairwise
 
 import pytest
 
-from expo_platform import beacons as bc
-from expo_platform.errors import ExpoError
-from expo_platform.generator import (
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import HOUR_MS, hour_start_ms, parse_hour
+from expo_platform.devtools.generator import (
     DEFAULT_EXPERIMENTS,
     Effect,
     ExperimentSpec,
@@ -23,7 +23,7 @@ from expo_platform.generator import (
     iter_lines,
     write_landing,
 )
-from expo_platform.hours import HOUR_MS, hour_start_ms, parse_hour
+from expo_platform.errors import ExpoError
 
 START = parse_hour("2026-03-02T00")
 TYPES = {"page_view", "add_to_cart", "order", "error"}
@@ -213,7 +213,7 @@ def test_invalid_config(overrides):
 
 def test_live_lines_follow_the_clock_at_a_steady_rate():
     """Live traffic: arrival order from the start on, about the rate, valid, real visits."""
-    from expo_platform.generator import live_lines
+    from expo_platform.devtools.generator import live_lines
 
     start = hour_start_ms(parse_hour("2026-03-02T10")) + 17 * 60_000
     rate = 5

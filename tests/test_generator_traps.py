@@ -15,9 +15,9 @@ from itertools import pairwise
 import pytest
 
 from expo_platform.cli import build_parser
+from expo_platform.core.hours import HOUR_MS, hour_start_ms, parse_hour
+from expo_platform.devtools.generator import TRAP_KINDS, GeneratorConfig, iter_lines, write_landing
 from expo_platform.errors import ExpoError
-from expo_platform.generator import TRAP_KINDS, GeneratorConfig, iter_lines, write_landing
-from expo_platform.hours import HOUR_MS, hour_start_ms, parse_hour
 from tests.test_generated_traffic import reference_reason
 
 START = parse_hour("2026-03-02T00")

@@ -15,10 +15,17 @@ from confluent_kafka import Consumer, TopicPartition
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming.datasource import ReadAllAvailable
 
-from expo_platform import kafka_source
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines
+from expo_platform.devtools.producer import (
+    EXACT_END_OFFSETS,
+    produce_lines,
+    produce_live,
+    produce_realtime,
+)
 from expo_platform.errors import ExpoError
-from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.kafka_source import (
+from expo_platform.ops.services import ensure_topic
+from expo_platform.speed import kafka_source
+from expo_platform.speed.kafka_source import (
     SCHEMA,
     SOURCE_NAME,
     ExpoKafkaStreamReader,
@@ -31,15 +38,8 @@ from expo_platform.kafka_source import (
     register,
     split_budget,
 )
-from expo_platform.offsets import ZkOffsets
-from expo_platform.producer import (
-    EXACT_END_OFFSETS,
-    produce_lines,
-    produce_live,
-    produce_realtime,
-)
-from expo_platform.services import ensure_topic
-from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from expo_platform.speed.offsets import ZkOffsets
+from tests.fixtures_services import unique_topic
 
 PARTITIONS = 3
 SMALL = GeneratorConfig(start=datetime(2026, 3, 2, tzinfo=UTC), hours=2, visitors=60)
@@ -78,14 +78,14 @@ def consume_some(consumer: Consumer) -> list:
 
 
 @pytest.fixture
-def topic(kafka) -> str:  # noqa: F811
+def topic(kafka) -> str:
     """A fresh topic with PARTITIONS partitions."""
     name = unique_topic("src")
     ensure_topic(kafka.address, name, PARTITIONS)
     return name
 
 
-def source_options(kafka, topic: str, **extra: object) -> dict[str, str]:  # noqa: F811
+def source_options(kafka, topic: str, **extra: object) -> dict[str, str]:
     options = {"bootstrap": kafka.address, "topic": topic, "startingOffsets": "earliest"}
     options.update({k: str(v) for k, v in extra.items()})
     return options
@@ -122,7 +122,7 @@ def run_available_now(spark, options: dict, checkpoint: Path) -> tuple[DataFrame
 # -- producer ---------------------------------------------------------------------------
 
 
-def test_produce_lines_delivers_everything_keyed_by_visitor(kafka, topic):  # noqa: F811
+def test_produce_lines_delivers_everything_keyed_by_visitor(kafka, topic):
     lines = beacons(500)
     report = produce_lines(kafka.address, topic, lines)
     assert (report.sent, report.delivered, report.failed) == (500, 500, 0)
@@ -135,7 +135,7 @@ def test_produce_lines_delivers_everything_keyed_by_visitor(kafka, topic):  # no
     assert all(len(p) == 1 for p in partitions_of.values()), "a visitor spans partitions"
 
 
-def test_produce_live_paces_and_reports_kinds(kafka, topic):  # noqa: F811
+def test_produce_live_paces_and_reports_kinds(kafka, topic):
     config = dataclasses.replace(SMALL, visitors=600, dirty_fraction=0.1)
     progress: list[str] = []
     report = produce_live(kafka.address, topic, config, 1500, 1.0, progress.append)
@@ -147,14 +147,14 @@ def test_produce_live_paces_and_reports_kinds(kafka, topic):  # noqa: F811
     assert len(consume_all(kafka.address, topic, PARTITIONS)) == report.sent
 
 
-def test_produce_live_stops_when_the_generator_runs_out(kafka, topic):  # noqa: F811
+def test_produce_live_stops_when_the_generator_runs_out(kafka, topic):
     total = sum(1 for _ in iter_lines(SMALL))
     report = produce_live(kafka.address, topic, SMALL, 1e6, 30.0)
     assert report.exhausted and report.sent == report.delivered == total
 
 
 def test_delivery_failures_are_counted():
-    from expo_platform.services import free_port
+    from expo_platform.ops.services import free_port
 
     report = produce_lines(
         f"127.0.0.1:{free_port()}", "nowhere", beacons(20), conf={"message.timeout.ms": "1000"}
@@ -196,7 +196,7 @@ def test_builtin_kafka_options_carry_zookeeper_offsets(settings):
 # -- the Spark source ---------------------------------------------------------------------
 
 
-def test_available_now_reads_exactly_the_produced_messages(spark, kafka, topic, tmp_path):  # noqa: F811
+def test_available_now_reads_exactly_the_produced_messages(spark, kafka, topic, tmp_path):
     lines = beacons(300)
     produce_lines(kafka.address, topic, lines, conf=EXACT_END_OFFSETS)
     out, progress = run_available_now(spark, source_options(kafka, topic), tmp_path / "ck")
@@ -226,8 +226,8 @@ def test_available_now_reads_exactly_the_produced_messages(spark, kafka, topic, 
 
 def test_fresh_checkpoint_starts_from_zookeeper_offsets(
     spark,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     topic,
     tmp_path,
 ):
@@ -250,8 +250,8 @@ def test_fresh_checkpoint_starts_from_zookeeper_offsets(
 
 def test_foreach_batch_commits_end_offsets_to_zookeeper(
     spark,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     topic,
     tmp_path,
 ):
@@ -286,7 +286,7 @@ def test_foreach_batch_commits_end_offsets_to_zookeeper(
     assert spark.read.parquet(str(sink)).count() == 120
 
 
-def test_max_offsets_per_trigger_splits_into_batches(spark, kafka, topic, tmp_path):  # noqa: F811
+def test_max_offsets_per_trigger_splits_into_batches(spark, kafka, topic, tmp_path):
     produce_lines(kafka.address, topic, beacons(250), conf=EXACT_END_OFFSETS)
     options = source_options(kafka, topic, maxOffsetsPerTrigger=60)
     out, progress = run_available_now(spark, options, tmp_path / "ck")
@@ -295,7 +295,7 @@ def test_max_offsets_per_trigger_splits_into_batches(spark, kafka, topic, tmp_pa
     assert out.select("partition", "offset").distinct().count() == 250
 
 
-def test_probe_mode_sees_the_tail_of_batched_production(spark, kafka, topic, tmp_path):  # noqa: F811
+def test_probe_mode_sees_the_tail_of_batched_production(spark, kafka, topic, tmp_path):
     """Tansu's end offset hides a partition's last record batch; probing reads it anyway."""
     produce_lines(kafka.address, topic, beacons(200))  # batched: few, large record batches
     plain, _ = run_available_now(spark, source_options(kafka, topic), tmp_path / "plain")
@@ -308,8 +308,8 @@ def test_probe_mode_sees_the_tail_of_batched_production(spark, kafka, topic, tmp
 
 def test_offsets_past_the_broker_end_fail_clearly(
     spark,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     topic,
     tmp_path,
 ):
@@ -327,7 +327,7 @@ def test_offsets_past_the_broker_end_fail_clearly(
 
 
 def test_a_broker_that_stops_answering_is_unreachable_not_data_loss(
-    kafka,  # noqa: F811
+    kafka,
     topic,
     monkeypatch,
 ):
@@ -349,7 +349,7 @@ def test_a_broker_that_stops_answering_is_unreachable_not_data_loss(
     assert reader._end_offsets(partitions) == position
 
 
-def test_read_stream_has_the_uniform_schema(spark, settings, kafka, topic):  # noqa: F811
+def test_read_stream_has_the_uniform_schema(spark, settings, kafka, topic):
     local = dataclasses.replace(
         settings, kafka_bootstrap=kafka.address, kafka_topic=topic, zookeeper="127.0.0.1:1"
     )
@@ -360,7 +360,7 @@ def test_read_stream_has_the_uniform_schema(spark, settings, kafka, topic):  # n
         read_stream(spark, local, fmt="csv")
 
 
-def test_produce_realtime_sends_a_backlog_then_follows_the_clock(kafka, topic):  # noqa: F811
+def test_produce_realtime_sends_a_backlog_then_follows_the_clock(kafka, topic):
     """Live traffic: the last minutes at once, then each beacon when the clock reaches it."""
     config = dataclasses.replace(SMALL, dirty_fraction=0.0)
     started = time.time()

@@ -1,6 +1,6 @@
 """The Lambda loop closed, end to end, on the wall clock, through `make up`'s own entry point.
 
-`expo_platform.local up` starts ZooKeeper, the broker, the streaming app, live traffic and
+`expo_platform.ops.local up` starts ZooKeeper, the broker, the streaming app, live traffic and
 Dagster (webserver, daemon, schedules, sensors). The traffic's backlog covers two whole hours,
 so within minutes the stream has written speed points of the hour before last, and
 Dagster's own automation (the ingest schedule, then the metrics sensor) has recomputed it
@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from expo_platform.hours import ONE_HOUR, hour_iso, hour_key, truncate_hour
-from expo_platform.metrics import ALLOWED_ERROR, EXPERIMENT_METRICS
-from expo_platform.reconcile import reconcile_hour
-from expo_platform.services import PLATFORM_NAMES, free_port, recorded_service
-from expo_platform.store import MetricStore
+from expo_platform.core.hours import ONE_HOUR, hour_iso, hour_key, truncate_hour
+from expo_platform.core.metrics import ALLOWED_ERROR, EXPERIMENT_METRICS
+from expo_platform.ops.services import PLATFORM_NAMES, free_port, recorded_service
+from expo_platform.serving.reconcile import reconcile_hour
+from expo_platform.serving.store import MetricStore
 from tests.helpers import PROJECT, wait
 from tests.test_local_platform import _local
 

@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from expo_platform.services import PLATFORM_NAMES, free_port, recorded_service
+from expo_platform.ops.services import PLATFORM_NAMES, free_port, recorded_service
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def _local(command: str, env: dict, dagster_port: int) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "expo_platform.local", command, "--dagster-port", str(dagster_port)],
+        [
+            sys.executable,
+            "-m",
+            "expo_platform.ops.local",
+            command,
+            "--dagster-port",
+            str(dagster_port),
+        ],
         cwd=PROJECT,
         env=env,
         capture_output=True,

@@ -9,16 +9,15 @@ import dagster as dg
 import pytest
 
 from definitions import build_defs
-from expo_platform.alerts import Alert, Channels, send
+from expo_platform.batch.late_data import changed_hours, redo_plan
+from expo_platform.core.hours import hour_key, parse_hour
 from expo_platform.errors import ExpoError
-from expo_platform.hours import hour_key, parse_hour
-from expo_platform.late_data import changed_hours, redo_plan
-from expo_platform.services import free_port
-from expo_platform.supervision import Observation, State, Thresholds, decide
+from expo_platform.ops.alerts import Alert, Channels, send
+from expo_platform.ops.services import free_port
+from expo_platform.ops.supervision import Observation, State, Thresholds, decide
 from sensors.batch_runner import run_batch
 from sensors.late_data import late_data_sensor
 from sensors.supervisor import alert_on_run_failure
-from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
 from tests.test_batch_layer import (  # noqa: F401 (batch_env is a fixture)
     H0,
     H1,
@@ -128,8 +127,8 @@ def test_a_restart_waits_for_the_old_apps_ui_port(tmp_path):
     import threading
     import time as clock
 
+    from expo_platform.ops.supervision import restart
     from expo_platform.settings import load_settings
-    from expo_platform.supervision import restart
 
     port = free_port()
     held = socket.create_server(("127.0.0.1", port))
@@ -154,7 +153,7 @@ def test_a_restart_waits_for_the_old_apps_ui_port(tmp_path):
     assert was_running and app.pid == 1 and launcher.started_at - begun >= 1.0
 
 
-def test_alerts_reach_a_real_smtp_server_and_webhook(mailbox, webhook):  # noqa: F811
+def test_alerts_reach_a_real_smtp_server_and_webhook(mailbox, webhook):
     host, port = mailbox.address.split(":")
     channels = Channels(
         smtp_host=host,
@@ -173,7 +172,7 @@ def test_alerts_reach_a_real_smtp_server_and_webhook(mailbox, webhook):  # noqa:
     assert body["blocks"][2]["fields"][0]["text"] == "*lag*\n12,000"
 
 
-def test_a_failing_channel_is_reported_not_raised(webhook):  # noqa: F811
+def test_a_failing_channel_is_reported_not_raised(webhook):
     channels = Channels(
         smtp_host="127.0.0.1", smtp_port=free_port(), mail_to=("a@b",), webhook_url=webhook.url
     )

@@ -95,7 +95,7 @@ def from_landing(tmp_path: Path, beacons: list[dict]) -> list[dict]:
 
 
 def test_hour_texts_match_the_project_formats():
-    from expo_platform.hours import hour_iso, hour_key
+    from expo_platform.core.hours import hour_iso, hour_key
 
     moment = datetime(2026, 3, 2, 5, tzinfo=UTC)
     index = int(moment.timestamp()) // 3600
@@ -349,7 +349,7 @@ def test_visitor_sums_add_up_to_the_hourly_metrics(tmp_path):
 
 def test_sums_add_up_on_the_generators_traffic(tmp_path):
     """The project's generator only makes the input here; the counts come from the oracle."""
-    from expo_platform.generator import GeneratorConfig, write_landing
+    from expo_platform.devtools.generator import GeneratorConfig, write_landing
 
     start = datetime(2026, 3, 2, tzinfo=UTC)
     config = GeneratorConfig(start=start, hours=3, visitors=300, seed=11, dirty_fraction=0.03)
@@ -479,7 +479,7 @@ def test_compare_scorecards_lists_differences():
 
 def test_scorecard_agrees_with_the_project_statistics():
     """The project's statistics, fed our per-visitor sums, give our scorecard."""
-    from expo_platform import stats
+    from expo_platform.analysis import stats
 
     counted = random_traffic(seed=9, visitors=300)
     for population, weights in [("assigned", None), ("qualified", {"control": 2, "B": 1, "C": 1})]:

@@ -7,9 +7,9 @@ import re
 import pytest
 from playwright.sync_api import sync_playwright
 
-from expo_platform.reconcile import reconcile_hour, relative_drift
-from expo_platform.reports import hourly_series, render_trend_report
-from expo_platform.store import MetricStore, Point
+from expo_platform.analysis.reports import hourly_series, render_trend_report
+from expo_platform.serving.reconcile import reconcile_hour, relative_drift
+from expo_platform.serving.store import MetricStore, Point
 from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 HOURS = [f"2026-03-02T{h:02d}:00:00Z" for h in range(6)]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from expo_platform.hours import parse_hour
+from expo_platform.core.hours import parse_hour
 from sensors.schedules import complete_hours, hourly_ingest_schedule, metrics_after_ingest
 from tests.helpers import PROJECT
 

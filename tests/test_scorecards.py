@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from expo_platform.hours import HOUR_MS, hour_start_ms
+from expo_platform.analysis.scorecards import (
+    VISITOR_METRICS,
+    per_visitor,
+    visitor_daily,
+    visitor_facts,
+)
+from expo_platform.core.hours import HOUR_MS, hour_start_ms
 from expo_platform.lake import union_all
-from expo_platform.scorecards import VISITOR_METRICS, per_visitor, visitor_daily, visitor_facts
 from tests.clickstream import GAP, H0, MIN, at, b, chain_sessions
 from tests.test_visits_metrics import hourly_values
 

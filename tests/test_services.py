@@ -14,10 +14,9 @@ from confluent_kafka.admin import AdminClient
 from kazoo.client import KazooClient, TransactionRequest
 from kazoo.exceptions import ConnectionLoss
 
-from expo_platform import services
 from expo_platform.errors import ExpoError
-from expo_platform.offsets import ZkOffsets, offsets_path
-from expo_platform.services import (
+from expo_platform.ops import services
+from expo_platform.ops.services import (
     Service,
     ensure_topic,
     free_port,
@@ -28,7 +27,8 @@ from expo_platform.services import (
     start_zookeeper,
     stop_from_pidfiles,
 )
-from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from expo_platform.speed.offsets import ZkOffsets, offsets_path
+from tests.fixtures_services import unique_topic
 
 
 def broker_answers(address: str, timeout: float = 2.0) -> bool:
@@ -42,7 +42,7 @@ def broker_answers(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def test_session_services_answer(zookeeper, kafka):  # noqa: F811
+def test_session_services_answer(zookeeper, kafka):
     client = KazooClient(hosts=zookeeper.address, timeout=5)
     client.start(timeout=5)
     try:
@@ -155,7 +155,7 @@ def test_cli_up_is_idempotent_and_down_stops(tmp_path, monkeypatch, capsys, rest
         stop_from_pidfiles(tmp_path / "svc")
 
 
-def test_ensure_topic_creates_once(kafka):  # noqa: F811
+def test_ensure_topic_creates_once(kafka):
     topic = unique_topic("ensure")
     assert ensure_topic(kafka.address, topic, 3) == 3
     assert ensure_topic(kafka.address, topic, 5) == 3  # existing topics are left as they are
@@ -164,7 +164,7 @@ def test_ensure_topic_creates_once(kafka):  # noqa: F811
 # -- offsets in ZooKeeper ---------------------------------------------------------------
 
 
-def test_offsets_roundtrip_and_layout(zookeeper):  # noqa: F811
+def test_offsets_roundtrip_and_layout(zookeeper):
     with ZkOffsets(zookeeper.address, "roundtrip") as offsets:
         assert offsets.read("beacons") == {}
         offsets.commit("beacons", {0: 5, 1: 7})
@@ -185,7 +185,7 @@ def test_offsets_roundtrip_and_layout(zookeeper):  # noqa: F811
         assert offsets.read("beacons") == {}
 
 
-def test_commit_writes_all_partitions_in_one_transaction(zookeeper):  # noqa: F811
+def test_commit_writes_all_partitions_in_one_transaction(zookeeper):
     with ZkOffsets(zookeeper.address, "txn") as offsets:
         offsets.commit("beacons", {0: 1})
         offsets.commit("beacons", {0: 10, 1: 20, 2: 30})  # one update, two creates
@@ -202,7 +202,7 @@ def test_commit_writes_all_partitions_in_one_transaction(zookeeper):  # noqa: F8
 
 
 def test_a_commit_retried_after_a_lost_connection_builds_a_new_transaction(
-    zookeeper,  # noqa: F811
+    zookeeper,
     monkeypatch,
 ):
     """kazoo retries a call whose connection was lost; a transaction commits once, so the
@@ -248,7 +248,7 @@ def test_paused_zookeeper_fails_within_bounds(tmp_path):
         zk.stop()
 
 
-def test_offsets_reject_bad_names_and_values(zookeeper):  # noqa: F811
+def test_offsets_reject_bad_names_and_values(zookeeper):
     with pytest.raises(ExpoError):
         offsets_path("a/b", "beacons")
     with ZkOffsets(zookeeper.address, "bad") as offsets, pytest.raises(ExpoError):

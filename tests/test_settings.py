@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from expo_platform.core.hours import hour_iso, hour_key, hour_range, parse_hour
 from expo_platform.errors import ExpoError, SettingsError
-from expo_platform.hours import hour_iso, hour_key, hour_range, parse_hour
 from expo_platform.settings import (
     JVM_OPTIONS,
     SETTINGS_DOC,
@@ -15,7 +15,7 @@ from expo_platform.settings import (
     path_env,
     resolved_paths,
 )
-from expo_platform.stream import stream_spark_config
+from expo_platform.speed.stream import stream_spark_config
 
 
 def test_defaults_run_on_one_machine(tmp_path):

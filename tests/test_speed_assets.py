@@ -9,10 +9,9 @@ import dagster as dg
 
 from assets.speed import freshness_result
 from definitions import build_defs
-from expo_platform.supervision import speed_freshness
+from expo_platform.ops.supervision import speed_freshness
 from resources import AlertsResource
 from sensors.supervisor import alert_on_failed_check, speed_layer_events
-from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
 
 
 def _progress(settings, key: str, max_ts: int | None) -> None:
@@ -47,7 +46,7 @@ def test_freshness_follows_the_newest_micro_batch(settings):
     assert "16.0 min behind the clock (limit 15 min)" in later.description
 
 
-def test_a_stale_stream_is_alerted_once_not_every_tick(settings, mailbox, webhook):  # noqa: F811
+def test_a_stale_stream_is_alerted_once_not_every_tick(settings, mailbox, webhook):
     alerts = AlertsResource(
         smtp=mailbox.address, mail_to="oncall@example.com", webhook_url=webhook.url
     )

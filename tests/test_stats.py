@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from expo_platform.stats import (
+from expo_platform.analysis.stats import (
     DEFAULT_PLANNED_N,
     MEAN_METRICS,
     RATIO_METRICS,

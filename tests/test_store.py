@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from expo_platform.errors import StoreError
-from expo_platform.store import MetricStore, Point
+from expo_platform.serving.store import MetricStore, Point
 
 H1, H2, H3 = "2026-03-02T01:00:00Z", "2026-03-02T02:00:00Z", "2026-03-02T03:00:00Z"
 

@@ -16,28 +16,35 @@ import pytest
 from pyspark.sql import functions as F
 
 from definitions import build_defs
-from expo_platform import beacons as bc
 from expo_platform import lake
-from expo_platform.dagster_home import prepare_dagster_home
-from expo_platform.errors import ExpoError
-from expo_platform.generator import GeneratorConfig, iter_lines, write_landing
-from expo_platform.hours import HOUR_MS, hour_iso, hour_key, hour_of_ms, hour_start_ms, parse_hour
-from expo_platform.metrics import (
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import (
+    HOUR_MS,
+    hour_iso,
+    hour_key,
+    hour_of_ms,
+    hour_start_ms,
+    parse_hour,
+)
+from expo_platform.core.metrics import (
     ALLOWED_ERROR,
     EXPERIMENT_METRICS,
     SKETCHES_SCHEMA,
     estimated_visitors,
     visitor_sketches,
 )
-from expo_platform.offsets import ZkOffsets
-from expo_platform.producer import produce_lines
-from expo_platform.services import ensure_topic
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines, write_landing
+from expo_platform.devtools.producer import produce_lines
+from expo_platform.errors import ExpoError
+from expo_platform.ops.dagster_home import prepare_dagster_home
+from expo_platform.ops.services import ensure_topic
+from expo_platform.serving.store import MetricStore
 from expo_platform.settings import load_settings
-from expo_platform.store import MetricStore
-from expo_platform.stream import MicroBatch, StepTimes, StreamFiles, run_stream
+from expo_platform.speed.offsets import ZkOffsets
+from expo_platform.speed.stream import MicroBatch, StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
 from tests import clickstream as cs
-from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from tests.fixtures_services import unique_topic
 from tests.helpers import landed_lines
 from tests.test_batch_layer import PROJECT
 
@@ -50,7 +57,7 @@ STREAM_FILES = "stream-*.json"  # the landing files the stream writes
 STEPS = ("read_dedup", "land", "counted_write", "quality", "sessions", "metrics", "rolling")
 
 
-def stream_settings(settings, kafka, zookeeper, topic, **overrides):  # noqa: F811
+def stream_settings(settings, kafka, zookeeper, topic, **overrides):
     values = {
         "kafka_bootstrap": kafka.address,
         "kafka_topic": topic,
@@ -126,8 +133,8 @@ def batch_points(spark, session_lake, tmp_path_factory, traffic) -> dict:
 def test_speed_equals_batch_once_the_next_hour_has_passed(
     spark,
     settings,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     traffic,
     batch_points,
 ):
@@ -191,8 +198,8 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
 def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
     spark,
     settings,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     traffic,
     batch_points,
 ):
@@ -224,8 +231,8 @@ def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
 def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_the_sketches(
     spark,
     settings,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     traffic,
     monkeypatch,
     batch_points,
@@ -320,8 +327,8 @@ def test_rolling_visitors_count_exactly_the_window_s_edges(spark, settings, newe
 def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing_twice(
     spark,
     settings,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     traffic,
 ):
     topic = unique_topic("late")
@@ -397,12 +404,12 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
 
 
 def _hour_key(ts: int) -> str:
-    from expo_platform.hours import hour_key, hour_of_ms
+    from expo_platform.core.hours import hour_key, hour_of_ms
 
     return hour_key(hour_of_ms(ts))
 
 
-def test_expo_generate_produces_live_traffic(kafka):  # noqa: F811
+def test_expo_generate_produces_live_traffic(kafka):
     from tests.test_kafka_source import consume_all
 
     topic = unique_topic("live")

@@ -48,15 +48,15 @@ import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.hours import parse_hour
-from expo_platform.metrics import EXPERIMENT_METRICS
-from expo_platform.offsets import ZkOffsets
-from expo_platform.producer import EXACT_END_OFFSETS, produce_lines
-from expo_platform.services import Service, ensure_topic, free_port
-from expo_platform.store import MetricStore
-from expo_platform.stream import ROLLING, _gist, _restartable
-from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from expo_platform.core.hours import parse_hour
+from expo_platform.core.metrics import EXPERIMENT_METRICS
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines
+from expo_platform.devtools.producer import EXACT_END_OFFSETS, produce_lines
+from expo_platform.ops.services import Service, ensure_topic, free_port
+from expo_platform.serving.store import MetricStore
+from expo_platform.speed.offsets import ZkOffsets
+from expo_platform.speed.stream import ROLLING, _gist, _restartable
+from tests.fixtures_services import unique_topic
 from tests.helpers import landed_lines
 
 CONFIG = GeneratorConfig(
@@ -173,8 +173,8 @@ class App:
 
     def __init__(
         self,
-        kafka: Service,  # noqa: F811
-        zookeeper: Service,  # noqa: F811
+        kafka: Service,
+        zookeeper: Service,
         topic: str,
         folder: Path,
         region: str = "",
@@ -260,13 +260,13 @@ def wait_until(
 # -- what a run leaves behind ---------------------------------------------------------------
 
 
-def produce(kafka: Service, topic: str, lines: list[str]) -> None:  # noqa: F811
+def produce(kafka: Service, topic: str, lines: list[str]) -> None:
     # One record per batch: Tansu then reports true end offsets (see DESIGN.md).
     sent = produce_lines(kafka.address, topic, lines, conf=EXACT_END_OFFSETS)
     assert (sent.delivered, sent.failed) == (len(lines), 0), sent.summary()
 
 
-def new_topic(kafka: Service, prefix: str, lines: list[str]) -> str:  # noqa: F811
+def new_topic(kafka: Service, prefix: str, lines: list[str]) -> str:
     """A topic of its own with PARTITIONS partitions, holding `lines`."""
     name = unique_topic(prefix)
     ensure_topic(kafka.address, name, PARTITIONS)
@@ -274,7 +274,7 @@ def new_topic(kafka: Service, prefix: str, lines: list[str]) -> str:  # noqa: F8
     return name
 
 
-def topic_ends(kafka: Service, topic: str) -> dict[int, int]:  # noqa: F811
+def topic_ends(kafka: Service, topic: str) -> dict[int, int]:
     admin = AdminClient({"bootstrap.servers": kafka.address, "log_level": 0})
     request = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)}
     futures = admin.list_offsets(request, request_timeout=15)
@@ -364,7 +364,7 @@ def traffic() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def topic(kafka, traffic) -> str:  # noqa: F811
+def topic(kafka, traffic) -> str:
     """The module's topic, holding all of the traffic."""
     return new_topic(kafka, "faults", traffic)
 
@@ -390,7 +390,7 @@ def watch_ui(run: Run, timeout: float = RUN_TIMEOUT) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(kafka, zookeeper, topic, tmp_path_factory) -> Reference:  # noqa: F811
+def reference(kafka, zookeeper, topic, tmp_path_factory) -> Reference:
     """One uninterrupted `--until-idle` run over the module's topic, on a fresh lake."""
     with App(kafka, zookeeper, topic, tmp_path_factory.mktemp("reference")) as app:
         run = app.start("--until-idle")
@@ -434,8 +434,8 @@ def test_the_reference_counts_every_message(reference, traffic):
 
 @pytest.mark.slow
 def test_sigterm_then_kill_9_mid_batch_each_restart_resumes_where_the_last_stopped(
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     topic,
     reference,
     tmp_path,
@@ -480,8 +480,8 @@ def test_sigterm_then_kill_9_mid_batch_each_restart_resumes_where_the_last_stopp
 
 @pytest.mark.slow
 def test_zookeeper_store_and_broker_outages_are_ridden_out_and_later_messages_are_read(
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     traffic,
     reference,
     tmp_path,
@@ -591,8 +591,8 @@ def written_batches(log: str) -> int:
 
 @pytest.mark.slow
 def test_writer_fail_over_between_two_regions(
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
+    kafka,
+    zookeeper,
     traffic,
     reference,
     tmp_path,

@@ -13,15 +13,14 @@ import dagster as dg
 import pytest
 
 from definitions import build_defs
-from expo_platform.generator import GeneratorConfig, iter_lines
-from expo_platform.hours import parse_hour
-from expo_platform.offsets import ZkOffsets
-from expo_platform.producer import produce_lines
-from expo_platform.services import ensure_topic
+from expo_platform.core.hours import parse_hour
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines
+from expo_platform.devtools.producer import produce_lines
+from expo_platform.ops.services import ensure_topic
+from expo_platform.ops.supervision import LocalLauncher, observe_ui
 from expo_platform.settings import load_settings
-from expo_platform.supervision import LocalLauncher, observe_ui
-from tests.fixtures_alerts import mailbox, webhook  # noqa: F401
-from tests.fixtures_services import kafka, unique_topic, zookeeper  # noqa: F401
+from expo_platform.speed.offsets import ZkOffsets
+from tests.fixtures_services import unique_topic
 from tests.helpers import stream_env, supervisor_tick, wait
 
 LINES = [
@@ -43,10 +42,10 @@ def _kill(launcher: LocalLauncher, settings) -> None:
 def test_supervisor_restarts_a_killed_app_then_only_alerts(
     tmp_path,
     monkeypatch,
-    kafka,  # noqa: F811
-    zookeeper,  # noqa: F811
-    mailbox,  # noqa: F811
-    webhook,  # noqa: F811
+    kafka,
+    zookeeper,
+    mailbox,
+    webhook,
 ):
     topic = unique_topic("sup")
     ensure_topic(kafka.address, topic, 2)

@@ -7,10 +7,9 @@ from datetime import timedelta
 
 from pyspark.sql import functions as F
 
-from expo_platform import beacons as bc
-from expo_platform.hours import HOUR_MS, hour_start_ms
-from expo_platform.lake import union_all
-from expo_platform.metrics import (
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import HOUR_MS, hour_start_ms
+from expo_platform.core.metrics import (
     EXPERIMENT_METRICS,
     KEY,
     estimated_visitors,
@@ -19,7 +18,8 @@ from expo_platform.metrics import (
     merge_sketches,
     visitor_sketches,
 )
-from expo_platform.visits import SESSIONS_SCHEMA, build_sessions
+from expo_platform.core.visits import SESSIONS_SCHEMA, build_sessions
+from expo_platform.lake import union_all
 from tests.clickstream import GAP, H0, at, b, chain_sessions
 
 

@@ -275,3 +275,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def wide_points(rows: list, metrics: Sequence[str], hour: str, layer: str) -> list[Point]:
+    """Store points of wide rows (one column per metric, e.g. `hourly_metrics` collected),
+    one per key and metric."""
+    return [
+        Point(m, r["experiment"], r["variant"], r["population"], hour, layer, float(r[m]))
+        for r in rows
+        for m in metrics
+    ]

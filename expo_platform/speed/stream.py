@@ -51,10 +51,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from expo_platform import beacons as bc
 from expo_platform import lake
-from expo_platform.errors import ExpoError
-from expo_platform.hours import (
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import (
     HOUR_MS,
     ONE_HOUR,
     hour_iso,
@@ -64,9 +63,7 @@ from expo_platform.hours import (
     hour_start_ms,
     parse_hour,
 )
-from expo_platform.kafka_source import end_offsets_of_batch, read_ranges, read_stream
-from expo_platform.lease import WriterLease
-from expo_platform.metrics import (
+from expo_platform.core.metrics import (
     EXPERIMENT_METRICS,
     KEY,
     SKETCHES_SCHEMA,
@@ -74,15 +71,17 @@ from expo_platform.metrics import (
     merge_sketches,
     metrics_of_hour,
     visitor_sketches,
-    wide_points,
 )
-from expo_platform.offsets import ZkOffsets
+from expo_platform.core.visits import SESSIONS_SCHEMA, build_sessions, populations
+from expo_platform.errors import ExpoError
+from expo_platform.serving.store import MetricStore, Point, wide_points
 from expo_platform.settings import JVM_OPTIONS, Settings
 from expo_platform.spark import object_hash_aggregate
-from expo_platform.store import MetricStore, Point
-from expo_platform.visits import SESSIONS_SCHEMA, build_sessions, populations
+from expo_platform.speed.kafka_source import end_offsets_of_batch, read_ranges, read_stream
+from expo_platform.speed.lease import WriterLease
+from expo_platform.speed.offsets import ZkOffsets
 
-log = logging.getLogger("expo_platform.stream")
+log = logging.getLogger("expo_platform.speed.stream")
 
 T = TypeVar("T")
 RETENTION_HOURS = 26  # visitors_24h looks back 23 hours; the rolling window 24
@@ -721,7 +720,7 @@ class MicroBatch:
                         lambda hours: self._sketches(spark, hours),
                         hour,
                     ).collect()
-                points = wide_points(wide, hour_iso(hour), "speed")
+                points = wide_points(wide, EXPERIMENT_METRICS, hour_iso(hour), "speed")
                 retry(
                     f"writing speed metrics of {hour_iso(hour)}",
                     lambda points=points, hour=hour: self.store.replace(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from expo_platform.errors import ExpoError
 
-log = logging.getLogger("expo_platform.services")
+log = logging.getLogger("expo_platform.ops.services")
 
 ZOOKEEPER = "zookeeper"
 BROKER = "broker"
@@ -795,13 +795,13 @@ def services_up(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m expo_platform.services up|down|status|cluster-up|cluster-down`, addresses
+    """`python -m expo_platform.ops.services up|down|status|cluster-up|cluster-down`, addresses
     from the settings."""
     from expo_platform.logs import configure_logging
     from expo_platform.settings import load_settings
 
     parser = argparse.ArgumentParser(
-        prog="python -m expo_platform.services",
+        prog="python -m expo_platform.ops.services",
         description="Local ZooKeeper and Kafka broker; a Spark standalone master and worker.",
     )
     parser.add_argument("command", choices=("up", "down", "status", "cluster-up", "cluster-down"))

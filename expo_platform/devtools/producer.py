@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines, live_lines
 from expo_platform.errors import ExpoError
-from expo_platform.generator import GeneratorConfig, iter_lines, live_lines
 
-log = logging.getLogger("expo_platform.producer")
+log = logging.getLogger("expo_platform.devtools.producer")
 
 # One record per produce request batch: Tansu then reports true end offsets.
 EXACT_END_OFFSETS = {"batch.num.messages": "1"}

@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from expo_platform import services
+from expo_platform.core.hours import ONE_HOUR, truncate_hour
 from expo_platform.errors import ExpoError
-from expo_platform.hours import ONE_HOUR, truncate_hour
+from expo_platform.ops import services
+from expo_platform.ops.supervision import stream_launcher
 from expo_platform.settings import Settings, load_settings, path_env
-from expo_platform.supervision import stream_launcher
 
 GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
 
@@ -69,7 +69,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
         generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
         say(f"{generator.describe()} (started, {settings.up_rate}/s)")
     if services.DAGSTER not in running:
-        from expo_platform.dagster_home import ensure_dagster_home
+        from expo_platform.ops.dagster_home import ensure_dagster_home
 
         home = ensure_dagster_home(settings, project)
         argv = [
@@ -105,11 +105,11 @@ def down(settings: Settings, say: Callable[[str], None]) -> list[services.Servic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m expo_platform.local up|down`."""
+    """`python -m expo_platform.ops.local up|down`."""
     from expo_platform.cli import project_dir
     from expo_platform.logs import configure_logging
 
-    parser = argparse.ArgumentParser(prog="python -m expo_platform.local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m expo_platform.ops.local", description=__doc__)
     parser.add_argument("command", choices=("up", "down"))
     parser.add_argument("--dagster-port", type=int, default=3000)
     args = parser.parse_args(argv)

@@ -54,7 +54,7 @@ from pyspark.sql.types import (
 from expo_platform.errors import ExpoError
 from expo_platform.settings import Settings
 
-log = logging.getLogger("expo_platform.kafka_source")
+log = logging.getLogger("expo_platform.speed.kafka_source")
 
 SOURCE_NAME = "expo_kafka"
 SCHEMA = StructType(
@@ -464,7 +464,7 @@ class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow)
     def _zookeeper_offsets(self) -> Offsets:
         if not self.options.zookeeper:
             return {}
-        from expo_platform.offsets import ZkOffsets
+        from expo_platform.speed.offsets import ZkOffsets
 
         with ZkOffsets(self.options.zookeeper, self.options.consumer) as zk:
             return zk.read(self.options.topic)
@@ -646,7 +646,7 @@ def read_ranges(
 
 
 def _committed_offsets(settings: Settings) -> dict[int, int]:
-    from expo_platform.offsets import ZkOffsets
+    from expo_platform.speed.offsets import ZkOffsets
 
     with ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer) as zk:
         return zk.read(settings.kafka_topic)

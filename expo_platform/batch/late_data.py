@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
-from expo_platform.hours import ONE_HOUR, hour_range
-from expo_platform.visits import VISIT_MAX_MS
+from expo_platform.core.hours import ONE_HOUR, hour_range
+from expo_platform.core.visits import VISIT_MAX_MS
 
 SESSION_REACH = timedelta(milliseconds=VISIT_MAX_MS)
 METRICS_BEFORE, METRICS_AFTER = ONE_HOUR, timedelta(hours=23)

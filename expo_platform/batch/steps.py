@@ -14,28 +14,27 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from expo_platform import beacons as bc
 from expo_platform import lake
-from expo_platform.errors import ExpoError
-from expo_platform.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
-from expo_platform.metrics import (
-    EXPERIMENT_METRICS,
-    KEY,
-    metrics_of_hour,
-    visitor_sketches,
-    wide_points,
-)
-from expo_platform.scorecards import (
+from expo_platform.analysis.scorecards import (
     VISITOR_DAILY_SCHEMA,
     VISITOR_METRICS,
     key_totals,
     totals_mismatches,
     visitor_daily,
 )
+from expo_platform.core import beacons as bc
+from expo_platform.core.hours import HOUR_MS, ONE_HOUR, hour_iso, hour_label, hour_start_ms
+from expo_platform.core.metrics import (
+    EXPERIMENT_METRICS,
+    KEY,
+    metrics_of_hour,
+    visitor_sketches,
+)
+from expo_platform.core.visits import build_sessions
+from expo_platform.errors import ExpoError
+from expo_platform.serving.store import MetricStore, Point, wide_points
 from expo_platform.settings import Settings
 from expo_platform.spark import object_hash_aggregate
-from expo_platform.store import MetricStore, Point
-from expo_platform.visits import build_sessions
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +193,7 @@ def process_metrics(
             lambda hours: _sketches(spark, settings, hours),
             hour,
         ).collect()
-    points = wide_points(wide, hour_iso(hour), "batch")
+    points = wide_points(wide, EXPERIMENT_METRICS, hour_iso(hour), "batch")
     store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=EXPERIMENT_METRICS)
     shown = (*KEY, "visitors", "visits", "bounces", "orders", "revenue")
     preview = sorted(({k: r[k] for k in shown} for r in wide), key=lambda d: d["experiment"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expo_platform.hours import HOUR_MS
-from expo_platform.metrics import KEY, final_bounces
+from expo_platform.core.hours import HOUR_MS
+from expo_platform.core.metrics import KEY, final_bounces
 
 VISITOR_METRICS = ("page_views", "visits", "bounces", "orders", "units", "revenue", "errors")
 VISITOR_DAILY_SCHEMA = (

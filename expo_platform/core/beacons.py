@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from expo_platform.hours import HOUR_MS
+from expo_platform.core.hours import HOUR_MS
 
 BEACON_TYPES = ("page_view", "add_to_cart", "order", "error")
 REJECT_REASONS = ("malformed_json", "missing_field", "bad_field", "wrong_partition")

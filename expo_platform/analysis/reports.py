@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from expo_platform.stats import RATIO_METRICS
-from expo_platform.store import Point
+from expo_platform.analysis.stats import RATIO_METRICS
+from expo_platform.serving.store import Point
 
 # Ratios are derived at read time (METRICS.md section 4), never stored: the scorecard's
 # ratio metrics, and two more that the charts show.

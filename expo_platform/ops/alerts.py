@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-log = logging.getLogger("expo_platform.alerts")
+log = logging.getLogger("expo_platform.ops.alerts")
 
 TIMEOUT_S = 10.0
 

@@ -8,9 +8,8 @@ from datetime import datetime
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expo_platform.hours import ONE_HOUR
-from expo_platform.store import Point
-from expo_platform.visits import FACT_FIELDS, populations
+from expo_platform.core.hours import ONE_HOUR
+from expo_platform.core.visits import FACT_FIELDS, populations
 
 KEY = ("experiment", "variant", "population")
 # The facts of sessions rows sum to these metrics; visit starts become visits, and bounce
@@ -120,12 +119,3 @@ def metrics_of_hour(
     """
     day = estimated_visitors(sketches_of(day_window(hour)), "visitors_24h")
     return hourly_metrics(sessions_of([hour]), sessions_of([hour + ONE_HOUR]), day)
-
-
-def wide_points(rows: list, hour: str, layer: str) -> list[Point]:
-    """Store points of the collected rows of `hourly_metrics`, one per key and metric."""
-    return [
-        Point(m, r["experiment"], r["variant"], r["population"], hour, layer, float(r[m]))
-        for r in rows
-        for m in EXPERIMENT_METRICS
-    ]

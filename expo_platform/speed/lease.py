@@ -31,10 +31,10 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, Zooke
 from kazoo.handlers.threading import KazooTimeoutError
 
 from expo_platform.errors import ExpoError
-from expo_platform.offsets import ROOT, ZkOffsets, ZkSession, close_client
+from expo_platform.speed.offsets import ROOT, ZkOffsets, ZkSession, close_client
 
-log = logging.getLogger("expo_platform.lease")
-_kazoo_log = logging.getLogger("expo_platform.lease.kazoo")
+log = logging.getLogger("expo_platform.speed.lease")
+_kazoo_log = logging.getLogger("expo_platform.speed.lease.kazoo")
 _kazoo_log.setLevel(logging.WARNING)
 
 

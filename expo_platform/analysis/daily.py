@@ -1,7 +1,7 @@
 """Daily analysis steps: experiment scorecards (JSON) and trend reports (HTML).
 
 Both read `visitor_daily` or the sessions rows, never the beacons; the statistics are in
-`expo_platform.stats`, the charts in `expo_platform.reports`.
+`expo_platform.analysis.stats`, the charts in `expo_platform.analysis.reports`.
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
-from expo_platform import lake, stats
-from expo_platform.batch import StepResult
-from expo_platform.errors import ExpoError
-from expo_platform.hours import ONE_HOUR, hour_iso
-from expo_platform.reports import render_trend_report
-from expo_platform.scorecards import (
+from expo_platform import lake
+from expo_platform.analysis import stats
+from expo_platform.analysis.reports import render_trend_report
+from expo_platform.analysis.scorecards import (
     VISITOR_DAILY_SCHEMA,
     experiments_in,
     per_visitor,
     visitor_facts,
 )
+from expo_platform.batch.steps import StepResult
+from expo_platform.core.hours import ONE_HOUR, hour_iso
+from expo_platform.errors import ExpoError
+from expo_platform.serving.store import MetricStore
 from expo_platform.settings import Settings
-from expo_platform.store import MetricStore
 
 log = logging.getLogger(__name__)
 

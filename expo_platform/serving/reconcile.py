@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from expo_platform.metrics import EXPERIMENT_METRICS
-from expo_platform.store import MetricStore
+from expo_platform.core.metrics import EXPERIMENT_METRICS
+from expo_platform.serving.store import MetricStore
 
 
 @dataclass(frozen=True)

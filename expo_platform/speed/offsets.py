@@ -22,9 +22,9 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from expo_platform.errors import ExpoError
 
-log = logging.getLogger("expo_platform.offsets")
+log = logging.getLogger("expo_platform.speed.offsets")
 # kazoo logs every (re)connection at INFO; only its warnings matter to the platform.
-_kazoo_log = logging.getLogger("expo_platform.offsets.kazoo")
+_kazoo_log = logging.getLogger("expo_platform.speed.offsets.kazoo")
 _kazoo_log.setLevel(logging.WARNING)
 
 ROOT = "/expo"

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from expo_platform.core.hours import HOUR_MS, hour_key, hour_of_ms, hour_start_ms
 from expo_platform.errors import ExpoError
-from expo_platform.hours import HOUR_MS, hour_key, hour_of_ms, hour_start_ms
 
 REJECT_KINDS = ("malformed_json", "missing_field", "bad_field", "wrong_partition")
 # Shares of the dirty lines by kind.

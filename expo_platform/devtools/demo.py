@@ -11,11 +11,11 @@ import time
 from collections import defaultdict
 from datetime import timedelta
 
+from expo_platform.core.hours import hour_iso, hour_label, parse_hour
 from expo_platform.errors import ExpoError
-from expo_platform.hours import hour_iso, hour_label, parse_hour
 from expo_platform.logs import configure_logging
+from expo_platform.serving.store import MetricStore, Point
 from expo_platform.settings import Settings, load_settings
-from expo_platform.store import MetricStore, Point
 
 DEMO_START = parse_hour("2026-03-02T00")
 DEMO_HOURS = 24
@@ -76,11 +76,11 @@ def print_summary(rows: list[dict]) -> None:
 
 def run(settings: Settings) -> None:
     """Generate, process and summarize the demo day."""
+    from expo_platform.analysis.daily import scorecard_path, trend_report_path
+    from expo_platform.analysis.reports import scorecard_text
     from expo_platform.cli import load_orchestration
-    from expo_platform.dagster_home import prepare_dagster_home
-    from expo_platform.daily import scorecard_path, trend_report_path
-    from expo_platform.generator import GeneratorConfig, write_landing
-    from expo_platform.reports import scorecard_text
+    from expo_platform.devtools.generator import GeneratorConfig, write_landing
+    from expo_platform.ops.dagster_home import prepare_dagster_home
 
     started = time.monotonic()
     last = DEMO_START + timedelta(hours=DEMO_HOURS - 1)
@@ -137,7 +137,7 @@ def run(settings: Settings) -> None:
 
 
 def main() -> int:
-    """Entry point of `python -m expo_platform.demo`."""
+    """Entry point of `python -m expo_platform.devtools.demo`."""
     try:
         settings = load_settings()
         configure_logging(settings.log_level)

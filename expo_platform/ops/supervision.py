@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from expo_platform import services
 from expo_platform.errors import ExpoError
+from expo_platform.ops import services
 from expo_platform.settings import Settings, path_env
 
-log = logging.getLogger("expo_platform.supervision")
+log = logging.getLogger("expo_platform.ops.supervision")
 
 JOB_WINDOW_S = 300  # failed against succeeded jobs over the last 5 minutes
 REALERT_S = 900  # the same alert again only after 15 minutes
@@ -312,8 +312,8 @@ def _number(value: object) -> float | None:
 
 def kafka_lag(settings: Settings) -> int:
     """Messages on the topic that the stream has not committed to ZooKeeper yet."""
-    from expo_platform.kafka_source import topic_end_offsets
-    from expo_platform.offsets import ZkOffsets
+    from expo_platform.speed.kafka_source import topic_end_offsets
+    from expo_platform.speed.offsets import ZkOffsets
 
     ends = topic_end_offsets(settings)
     with ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer) as zk:
@@ -423,7 +423,7 @@ class SparkSubmitLauncher(StreamLauncher):
             "client",
             "--name",
             STREAM_APP_NAME,
-            str(Path(__file__).with_name("cli.py")),
+            str(Path(__file__).resolve().parent.parent / "cli.py"),
             "stream",
         ]
 

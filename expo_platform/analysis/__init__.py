@@ -1,0 +1,1 @@
+"""Visitor-level facts, statistics, scorecards and trend reports."""

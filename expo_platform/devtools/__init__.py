@@ -1,0 +1,1 @@
+"""Synthetic traffic (landing files or Kafka) and the demo."""
