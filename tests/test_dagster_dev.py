@@ -29,6 +29,8 @@ from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PROJECT
 
 ASSETS = ["beacons", "beacon_rejects", "data_quality", "sessions", "experiment_metrics"]
 DAILY_ASSETS = ["visitor_daily", "experiment_scorecards", "trend_reports"]
+# The speed layer's external assets: the stream writes them, Dagster only observes them.
+SPEED_ASSETS = ["kafka_beacons", "landing_zone", "speed_metrics"]
 HOURS = ["2026-03-02-00", "2026-03-02-01"]
 # Wide enough that the expanded graph fits at a scale >= 0.6, where Dagster draws full asset
 # nodes with whole names (below it draws minimal nodes whose long names are cut in the middle).
@@ -168,13 +170,13 @@ def asset_graph(page: Page):
 
 def show_every_asset(page: Page, dev: DagsterDev, shot: Path) -> None:
     page.goto(f"{dev.url}/asset-groups")
-    # Two groups (batch, analysis) start collapsed into group nodes: expand them from the
+    # The groups (batch, analysis, speed) start collapsed into group nodes: expand them from the
     # graph's settings menu (the navigation's button is named "settings Settings").
     page.get_by_role("button", name="settings", exact=True).click()
     page.get_by_role("menuitem", name="Expand all groups").click()
     page.keyboard.press("Escape")
     graph = asset_graph(page)
-    for name in ASSETS + DAILY_ASSETS:
+    for name in ASSETS + DAILY_ASSETS + SPEED_ASSETS:
         expect(graph.get_by_text(name, exact=True), f"node {name} in the graph").to_be_visible()
     page.screenshot(path=str(shot), full_page=True)
 
@@ -245,7 +247,8 @@ def test_asset_graph_and_a_two_hour_backfill_in_chromium(dagster_dev):
         pytest.fail("Debian's chromium is missing: run `make system`")
     # Also makes sure the code location is loaded before the browser looks.
     nodes = graphql(dev.port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
-    assert sorted(n["assetKey"]["path"][0] for n in nodes) == sorted(ASSETS + DAILY_ASSETS)
+    names = sorted(n["assetKey"]["path"][0] for n in nodes)
+    assert names == sorted(ASSETS + DAILY_ASSETS + SPEED_ASSETS)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shots = {name: ARTIFACTS / f"dagster_{name}.png" for name in ("asset_graph", "backfill")}
     for stale in [*shots.values(), ARTIFACTS / "dagster_ui_failure.png"]:
