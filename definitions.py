@@ -4,47 +4,42 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.batch import beacons, data_quality, experiment_metrics, sessions
-from assets.scorecards import experiment_scorecards, trend_reports, visitor_daily
+from assets.batch import build_batch_assets
+from assets.partitions import daily_partitions, hourly_partitions
+from assets.scorecards import build_analysis_assets
 from assets.speed import SPEED_ASSETS, speed_metrics_fresh
 from expo_platform.settings import Settings, load_settings
 from resources import build_resources
 from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
 from sensors.late_data import late_data_sensor
-from sensors.schedules import (
-    analysis_after_last_hour,
-    hourly_ingest_schedule,
-    metrics_after_ingest,
-)
+from sensors.schedules import analysis_after_last_hour, build_schedules
 from sensors.supervisor import (
     alert_on_failed_check,
     alert_on_run_failure,
+    build_supervisor,
     restart_streaming_job,
-    streaming_supervisor,
 )
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    """Every asset, job, schedule and sensor, with resources made from `settings`."""
+    """Every asset, job, schedule and sensor, and the resources, made from `settings` alone:
+    nothing below reads the environment at import or tick time (secrets excepted, through
+    `dg.EnvVar`)."""
+    ingest_schedule, metrics_after_ingest = build_schedules(settings)
     return dg.Definitions(
         assets=[
-            beacons,
-            data_quality,
-            sessions,
-            experiment_metrics,
-            visitor_daily,
-            experiment_scorecards,
-            trend_reports,
+            *build_batch_assets(hourly_partitions(settings)),
+            *build_analysis_assets(daily_partitions(settings)),
             *SPEED_ASSETS,
         ],
         asset_checks=[speed_metrics_fresh],
         jobs=[hourly_ingest_job, hourly_metrics_job, daily_analysis_job, restart_streaming_job],
-        schedules=[hourly_ingest_schedule],
+        schedules=[ingest_schedule],
         sensors=[
             metrics_after_ingest,
             analysis_after_last_hour,
             late_data_sensor,
-            streaming_supervisor,
+            build_supervisor(settings),
             alert_on_run_failure,
             alert_on_failed_check,
         ],
@@ -55,4 +50,5 @@ def build_defs(settings: Settings) -> dg.Definitions:
     )
 
 
+# The one place the code location reads the environment (EXPO_* and DAGSTER_HOME).
 defs = build_defs(load_settings())

@@ -6,119 +6,124 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from assets.batch import markdown_table, spark
-from assets.partitions import DAILY, partition_day
+from assets.partitions import partition_day
 from expo_platform.analysis import daily
 from expo_platform.batch import steps
 from expo_platform.ops.dagster_home import SPARK_POOL
-from resources import ExpoResource, MetricStoreResource
+from resources import MetricStoreResource, SettingsParam
 
 GROUP = "analysis"
 
 
-@dg.asset(
-    partitions_def=DAILY,
-    pool=SPARK_POOL,
-    group_name=GROUP,
-    # The day's hours, mapped from daily to hourly by Dagster. experiment_metrics of the
-    # day's last hour exists only once sessions of the next day's first hour are in, and
-    # bounces need that hour: depending on it says the day is final.
-    deps=["sessions", "experiment_metrics"],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "visitor_sums_equal_hourly_metrics",
-            asset="visitor_daily",
-            blocking=True,
-            description=(
-                "Per key and metric, the day's per-visitor sums equal its hourly batch metrics "
-                "summed (METRICS.md section 7); a mismatch stops the scorecards."
-            ),
+def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The daily assets visitor_daily, experiment_scorecards and trend_reports."""
+
+    @dg.asset(
+        partitions_def=days,
+        pool=SPARK_POOL,
+        group_name=GROUP,
+        # The day's hours, mapped from daily to hourly by Dagster. experiment_metrics of the
+        # day's last hour exists only once sessions of the next day's first hour are in, and
+        # bounces need that hour: depending on it says the day is final.
+        deps=["sessions", "experiment_metrics"],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "visitor_sums_equal_hourly_metrics",
+                asset="visitor_daily",
+                blocking=True,
+                description=(
+                    "Per key and metric, the day's per-visitor sums equal its hourly batch metrics "
+                    "summed (METRICS.md section 7); a mismatch stops the scorecards."
+                ),
+            )
+        ],
+        description=(
+            "One row per (experiment, population, variant, visitor) and day: the visitor's sums of "
+            "page_views, visits, bounces, orders, units, revenue and errors (METRICS.md section 7)."
+        ),
+    )
+    def visitor_daily(
+        context: dg.AssetExecutionContext,
+        pyspark: PySparkResource,
+        settings: SettingsParam,
+        metric_store: MetricStoreResource,
+    ) -> Iterator:
+        """Sum the day's session facts per visitor, bounces made final by the following hour."""
+        day = partition_day(context)
+        result = steps.process_visitor_daily(spark(pyspark), settings, day)
+        yield dg.MaterializeResult(
+            metadata={**result.counts, "preview": markdown_table(result.preview["visitor_daily"])}
         )
-    ],
-    description=(
-        "One row per (experiment, population, variant, visitor) and day: the visitor's sums of "
-        "page_views, visits, bounces, orders, units, revenue and errors (METRICS.md section 7)."
-    ),
-)
-def visitor_daily(
-    context: dg.AssetExecutionContext,
-    pyspark: PySparkResource,
-    expo: ExpoResource,
-    metric_store: MetricStoreResource,
-) -> Iterator:
-    """Sum the day's session facts per visitor, bounces made final by the following hour."""
-    settings, day = expo.settings(), partition_day(context)
-    result = steps.process_visitor_daily(spark(pyspark), settings, day)
-    yield dg.MaterializeResult(
-        metadata={**result.counts, "preview": markdown_table(result.preview["visitor_daily"])}
-    )
-    with metric_store.open() as store:
-        keys, mismatches = steps.check_visitor_daily(spark(pyspark), settings, store, day)
-    yield dg.AssetCheckResult(
-        check_name="visitor_sums_equal_hourly_metrics",
-        passed=not mismatches,
-        description=f"{len(mismatches)} mismatch(es)" if mismatches else "every key adds up",
-        metadata={
-            "keys_checked": keys,
-            "mismatches": len(mismatches),
-            "first_mismatches": "\n".join(mismatches[:20]) or "none",
-        },
-    )
-
-
-@dg.asset(
-    partitions_def=DAILY,
-    pool=SPARK_POOL,
-    group_name=GROUP,
-    # Each day's scorecard is cumulative: it also reads every earlier day of visitor_daily.
-    deps=["visitor_daily"],
-    description=(
-        "Scorecards of every experiment and population, cumulative up to the day: each variant "
-        "against control (Welch, delta method), always-valid intervals, SRM. JSON per experiment."
-    ),
-)
-def experiment_scorecards(
-    context: dg.AssetExecutionContext, pyspark: PySparkResource, expo: ExpoResource
-) -> dg.MaterializeResult:
-    """Compute and write the day's scorecards."""
-    result = daily.process_scorecards(spark(pyspark), expo.settings(), partition_day(context))
-    files = result.preview["files"][0]
-    return dg.MaterializeResult(
-        metadata={
-            **result.counts,
-            "headline": markdown_table(result.preview["scorecards"]),
-            **{f"file_{name}": dg.MetadataValue.path(path) for name, path in files.items()},
-        }
-    )
-
-
-@dg.asset(
-    partitions_def=DAILY,
-    pool=SPARK_POOL,
-    group_name=GROUP,
-    deps=["experiment_scorecards"],
-    description=(
-        "A self-contained HTML trend report per experiment and population: hourly metrics by "
-        "variant (speed and batch layers) and the cumulative lift with its always-valid interval."
-    ),
-)
-def trend_reports(
-    context: dg.AssetExecutionContext,
-    pyspark: PySparkResource,
-    expo: ExpoResource,
-    metric_store: MetricStoreResource,
-) -> dg.MaterializeResult:
-    """Render the week's trend report of every experiment active on the day."""
-    with metric_store.open() as store:
-        result = daily.process_trend_reports(
-            spark(pyspark), expo.settings(), store, partition_day(context)
-        )
-    files = result.preview["reports"][0]
-    return dg.MaterializeResult(
-        metadata={
-            **result.counts,
-            **{
-                f"report_{name}": dg.MetadataValue.url(f"file://{path}")
-                for name, path in files.items()
+        with metric_store.open() as store:
+            keys, mismatches = steps.check_visitor_daily(spark(pyspark), settings, store, day)
+        yield dg.AssetCheckResult(
+            check_name="visitor_sums_equal_hourly_metrics",
+            passed=not mismatches,
+            description=f"{len(mismatches)} mismatch(es)" if mismatches else "every key adds up",
+            metadata={
+                "keys_checked": keys,
+                "mismatches": len(mismatches),
+                "first_mismatches": "\n".join(mismatches[:20]) or "none",
             },
-        }
+        )
+
+    @dg.asset(
+        partitions_def=days,
+        pool=SPARK_POOL,
+        group_name=GROUP,
+        # Each day's scorecard is cumulative: it also reads every earlier day of visitor_daily.
+        deps=["visitor_daily"],
+        description=(
+            "Scorecards of every experiment and population, cumulative up to the day: each "
+            "variant against control (Welch, delta method), always-valid intervals, SRM. JSON "
+            "per experiment."
+        ),
     )
+    def experiment_scorecards(
+        context: dg.AssetExecutionContext, pyspark: PySparkResource, settings: SettingsParam
+    ) -> dg.MaterializeResult:
+        """Compute and write the day's scorecards."""
+        result = daily.process_scorecards(spark(pyspark), settings, partition_day(context))
+        files = result.preview["files"][0]
+        return dg.MaterializeResult(
+            metadata={
+                **result.counts,
+                "headline": markdown_table(result.preview["scorecards"]),
+                **{f"file_{name}": dg.MetadataValue.path(path) for name, path in files.items()},
+            }
+        )
+
+    @dg.asset(
+        partitions_def=days,
+        pool=SPARK_POOL,
+        group_name=GROUP,
+        deps=["experiment_scorecards"],
+        description=(
+            "A self-contained HTML trend report per experiment and population: hourly metrics "
+            "by variant (speed and batch layers) and the cumulative lift with its always-valid "
+            "interval."
+        ),
+    )
+    def trend_reports(
+        context: dg.AssetExecutionContext,
+        pyspark: PySparkResource,
+        settings: SettingsParam,
+        metric_store: MetricStoreResource,
+    ) -> dg.MaterializeResult:
+        """Render the week's trend report of every experiment active on the day."""
+        with metric_store.open() as store:
+            result = daily.process_trend_reports(
+                spark(pyspark), settings, store, partition_day(context)
+            )
+        files = result.preview["reports"][0]
+        return dg.MaterializeResult(
+            metadata={
+                **result.counts,
+                **{
+                    f"report_{name}": dg.MetadataValue.url(f"file://{path}")
+                    for name, path in files.items()
+                },
+            }
+        )
+
+    return [visitor_daily, experiment_scorecards, trend_reports]

@@ -11,7 +11,7 @@ import dagster as dg
 
 from expo_platform.ops.supervision import SpeedFreshness, speed_freshness
 from expo_platform.settings import Settings
-from resources import ExpoResource
+from resources import SettingsParam
 
 GROUP = "speed"
 
@@ -43,7 +43,7 @@ SPEED_ASSETS = [kafka_beacons, speed_metrics, landing_zone]
 def freshness_result(fresh: SpeedFreshness, settings: Settings, now: float) -> dg.AssetCheckResult:
     """The freshness check's outcome: fails when the speed metrics are too far behind."""
     behind = fresh.behind_minutes(now)
-    limit = settings.speed_stale_minutes
+    limit = settings.supervisor.speed_stale_minutes
     if behind is None:
         note = "no micro-batch has written speed metrics yet"
     else:
@@ -68,6 +68,5 @@ def freshness_result(fresh: SpeedFreshness, settings: Settings, now: float) -> d
     description="The speed layer's newest event time is at most EXPO_SPEED_STALE_MINUTES "
     "behind the clock (also reported by the streaming supervisor every tick).",
 )
-def speed_metrics_fresh(expo: ExpoResource) -> dg.AssetCheckResult:
-    settings = expo.settings()
+def speed_metrics_fresh(settings: SettingsParam) -> dg.AssetCheckResult:
     return freshness_result(speed_freshness(settings), settings, time.time())

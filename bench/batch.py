@@ -112,13 +112,15 @@ def run_spark(data: BatchInput, progress) -> SparkRun:
 
     work = Path(tempfile.mkdtemp(prefix="expo-bench-"))
     settings = load_settings(
-        tuning_environ(),
-        lake=work / "lake",
-        metric_store=f"sqlite:///{work / 'metrics.sqlite'}",
-        dagster_home=work / "dagster_home",
+        {
+            **tuning_environ(),
+            "EXPO_LAKE": str(work / "lake"),
+            "EXPO_METRIC_STORE": f"sqlite:///{work / 'metrics.sqlite'}",
+            "DAGSTER_HOME": str(work / "dagster_home"),
+        }
     )
-    settings.landing_dir.parent.mkdir(parents=True)
-    settings.landing_dir.symlink_to(data.landing, target_is_directory=True)
+    settings.lake.landing_dir.parent.mkdir(parents=True)
+    settings.lake.landing_dir.symlink_to(data.landing, target_is_directory=True)
     project, build_defs, run_batch = load_orchestration()
     prepare_dagster_home(settings, project)
     defs = build_defs(settings)
@@ -127,7 +129,7 @@ def run_spark(data: BatchInput, progress) -> SparkRun:
         started = time.perf_counter()
         run_batch(defs, HOUR, HOUR, progress=lambda line: progress("  " + line))
         seconds = time.perf_counter() - started
-        with MetricStore(settings.metric_store) as store:
+        with MetricStore(settings.lake.metric_store) as store:
             hour = hour_iso(HOUR)
             return seconds, store.values(layer="batch", hour_from=hour, hour_to=hour, by_hour=False)
 

@@ -29,9 +29,9 @@ def main() -> None:
     cache = Path(__file__).resolve().parent / ".cache"
     data = cached_input(cache, args.beacons, args.seed, print)
     work = Path(tempfile.mkdtemp(prefix="expo-profile-"))
-    settings = load_settings(tuning_environ(), lake=work / "lake")
-    settings.landing_dir.parent.mkdir(parents=True)
-    settings.landing_dir.symlink_to(data.landing, target_is_directory=True)
+    settings = load_settings({**tuning_environ(), "EXPO_LAKE": str(work / "lake")})
+    settings.lake.landing_dir.parent.mkdir(parents=True)
+    settings.lake.landing_dir.symlink_to(data.landing, target_is_directory=True)
     spark = get_spark(settings)
     timings: list[tuple[str, float]] = []
 
@@ -50,7 +50,7 @@ def main() -> None:
     classified = bc.classify_hour(lake.read_landing(spark, files), index)
     step("classify incl. dedup (count)", lambda: classified.count())
     step("process_beacons (asset)", lambda: steps.process_beacons(spark, settings, HOUR))
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         step("write_quality", lambda: steps.write_quality(spark, settings, store, HOUR))
     step("process_sessions", lambda: steps.process_sessions(spark, settings, HOUR))
     step(
@@ -60,18 +60,18 @@ def main() -> None:
             steps.process_sessions(spark, settings, HOUR + ONE_HOUR),
         ),
     )
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         step("process_metrics", lambda: steps.process_metrics(spark, settings, store, HOUR))
     total = sum(t for name, t in timings[3:])
     print(f"{'asset steps total':<40} {total:8.1f}s  {data.lines / total:,.0f} beacons/s")
     # In production the 23 hours before H hold a day of traffic, which visitors_24h reads:
     # every hourly table's partition of H stands in for them (symbolic links), and the
     # hour's metrics run again.
-    for table in sorted(settings.tables_dir.iterdir()):
+    for table in sorted(settings.lake.tables_dir.iterdir()):
         source = lake.partition_path(settings, table.name, HOUR)
         for back in range(1, 24) if source.is_dir() else ():
             lake.partition_path(settings, table.name, HOUR - ONE_HOUR * back).symlink_to(source)
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         step(
             "process_metrics, 23 busy hours before",
             lambda: steps.process_metrics(spark, settings, store, HOUR),

@@ -62,11 +62,9 @@ def main() -> None:
             "EXPO_KAFKA_END_OFFSETS": "probe",  # see bench/stream.py
             "EXPO_STREAM_UI_PORT": str(services.free_port()),
         }
-        settings = load_settings(
-            environ,
-            lake=work / "lake",
-            metric_store=f"sqlite:///{work / 'metrics.sqlite'}",
-        )
+        environ["EXPO_LAKE"] = str(work / "lake")
+        environ["EXPO_METRIC_STORE"] = f"sqlite:///{work / 'metrics.sqlite'}"
+        settings = load_settings(environ)
         run_stream(settings, until_idle=True)
         report(StreamFiles(settings).progress_dir)
     finally:

@@ -100,11 +100,11 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
     if args.kafka:
         _produce(args, settings, config)
         return
-    report = write_landing(config, settings.landing_dir, progress=print)
+    report = write_landing(config, settings.lake.landing_dir, progress=print)
     rejects = ", ".join(f"{k} {v:,}" for k, v in sorted(report.rejects.items()))
     print(
         f"wrote {sum(report.lines_by_hour.values()):,} lines in {len(report.files)} files under "
-        f"{settings.landing_dir}: {report.clean:,} clean, {report.duplicates:,} duplicates"
+        f"{settings.lake.landing_dir}: {report.clean:,} clean, {report.duplicates:,} duplicates"
         + (f", rejects: {rejects}" if rejects else "")
     )
     if config.trap_fraction > 0:
@@ -116,7 +116,7 @@ def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
     """`expo generate --kafka`: live traffic on the wall clock, or `--replay` of a period."""
     from expo_platform.devtools.producer import produce_live, produce_realtime
 
-    topic = args.topic or settings.kafka_topic
+    topic = args.topic or settings.stream.kafka_topic
     if not args.rate:
         raise ExpoError("--kafka needs --rate")
     if args.replay:
@@ -139,13 +139,12 @@ def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
 
 
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> None:
-    import dataclasses
 
     from expo_platform.speed.stream import run_stream
 
     if args.trigger:
-        settings = dataclasses.replace(settings, stream_trigger_seconds=args.trigger)
-    settings.lake.mkdir(parents=True, exist_ok=True)
+        settings = settings.replace(stream={"trigger_seconds": args.trigger})
+    settings.lake.root.mkdir(parents=True, exist_ok=True)
     run_stream(settings, until_idle=args.until_idle)
 
 
@@ -157,8 +156,8 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
     prepare_dagster_home(settings, project)
     defs = build_defs(settings)
     print(
-        f"batch {hour_label(args.first)} .. {hour_label(args.last)} on {settings.spark_master}, "
-        f"lake {settings.lake}, runs recorded in {settings.dagster_home}"
+        f"batch {hour_label(args.first)} .. {hour_label(args.last)} on {settings.spark.master}, "
+        f"lake {settings.lake.root}, runs recorded in {settings.local.dagster_home}"
     )
     done = run_batch(defs, args.first, args.last, progress=print)
     print(
@@ -170,7 +169,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
 def _open_store(settings: Settings):
     from expo_platform.serving.store import MetricStore
 
-    return MetricStore(settings.metric_store)
+    return MetricStore(settings.lake.metric_store)
 
 
 def cmd_metrics(args: argparse.Namespace, settings: Settings) -> None:
@@ -229,17 +228,17 @@ def _day_arg(text: str) -> date:
 def cmd_writer(args: argparse.Namespace, settings: Settings) -> None:
     from expo_platform.speed.lease import switch_writer, writer_status
 
-    group = settings.stream_consumer
+    group = settings.stream.consumer
     if args.action == "switch":
         if not args.to or not re.fullmatch(REGION_PATTERN, args.to):
             raise ExpoError(f"--to needs a region name, not {args.to!r}")
-        switch_writer(settings.zookeeper, group, args.to)
-        status = writer_status(settings.zookeeper, group)
+        switch_writer(settings.stream.zookeeper, group, args.to)
+        status = writer_status(settings.stream.zookeeper, group)
         if args.to not in status["members"]:
             print(f"note: region {args.to} is not running; the writer stays {status['holder']}")
         print(f"preferred writer of {group}: {args.to} (writing now: {status['holder'] or '-'})")
         return
-    status = writer_status(settings.zookeeper, group)
+    status = writer_status(settings.stream.zookeeper, group)
     print(
         f"{group}: writing {status['holder'] or '-'}, preferred {status['preferred'] or '-'}, "
         f"running {', '.join(status['members']) or '-'}"
@@ -252,8 +251,12 @@ def cmd_dagster_home(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> None:
-    for env, default, doc in SETTINGS_DOC:
-        print(f"{env:28} {default!s:34} {doc}")
+    shown = None
+    for section, env, default, doc in SETTINGS_DOC:
+        if section != shown:
+            print(f"\n[{section or 'general'}]")
+            shown = section
+        print(f"  {env:32} {default!s:34} {doc}")
     print("\nresolved paths of this process (relative settings are anchored at EXPO_HOME):")
     for name, where in resolved_paths(settings).items():
         print(f"  {name:28} {where}")

@@ -33,15 +33,15 @@ TABLE_SCHEMAS = {
 
 def require_lake(settings: Settings) -> None:
     """Fail with one clear line when the lake folder does not exist."""
-    if not settings.lake.is_dir():
+    if not settings.lake.root.is_dir():
         raise ExpoError(
-            f"the lake {settings.lake} does not exist: set EXPO_LAKE, or run `expo generate`"
+            f"the lake {settings.lake.root} does not exist: set EXPO_LAKE, or run `expo generate`"
         )
 
 
 def landing_partition(settings: Settings, hour: datetime) -> Path:
     """The landing folder of an hour."""
-    return settings.landing_dir / f"hour={hour_key(hour)}"
+    return settings.lake.landing_dir / f"hour={hour_key(hour)}"
 
 
 def landing_files(settings: Settings, hour: datetime) -> list[Path]:
@@ -70,7 +70,7 @@ def read_landing(spark: SparkSession, files: list[Path]) -> DataFrame:
 
 def table_path(settings: Settings, table: str) -> Path:
     """Root folder of a lake table."""
-    return settings.tables_dir / table
+    return settings.lake.tables_dir / table
 
 
 def partition_path(settings: Settings, table: str, hour: datetime) -> Path:
@@ -153,7 +153,7 @@ def has_partition(settings: Settings, table: str, hour: datetime) -> bool:
 
 def sessions_table(settings: Settings) -> str:
     """Qualified name of the Hive sessions table."""
-    return f"{settings.hive_database}.sessions"
+    return f"{settings.lake.hive_database}.sessions"
 
 
 def ensure_sessions_table(spark: SparkSession, settings: Settings) -> None:
@@ -161,7 +161,7 @@ def ensure_sessions_table(spark: SparkSession, settings: Settings) -> None:
     location = table_path(settings, "sessions").resolve()
     name = sessions_table(settings)
     try:
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {settings.hive_database}")
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {settings.lake.hive_database}")
         if spark.catalog.tableExists(name):
             current = spark.sql(f"DESCRIBE FORMATTED {name}").where("col_name = 'Location'")
             if current.first()["data_type"].removeprefix("file:") == str(location):
@@ -180,7 +180,7 @@ def ensure_sessions_table(spark: SparkSession, settings: Settings) -> None:
     except Exception as exc:  # py4j errors carry the Derby lock message
         if "Another instance of Derby" in str(exc) or "XSDB6" in str(exc):
             raise ExpoError(
-                f"the embedded Hive metastore under {settings.metastore_dir} is in use by "
+                f"the embedded Hive metastore under {settings.lake.metastore_dir} is in use by "
                 "another process (a Dagster run or `expo batch`); wait for it to finish"
             ) from None
         raise

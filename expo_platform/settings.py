@@ -1,17 +1,23 @@
-"""Every setting of the platform, in one typed place.
+"""Every setting of the platform, in typed sections: lake, batch, spark, stream, supervisor,
+alerts and local (the processes `make up` starts on this machine).
 
-Each default runs on one machine with no services: local Spark, a project-local lake, SQLite.
-Each can be overridden by the environment variable named beside it.
+Each default is a Python value that runs on one machine with no services: local Spark, a
+project-local lake, SQLite. Each can be overridden by the environment variable named beside
+it; `load_settings` is the only place that reads them. Secrets are never settings: only the
+names of those that are set are kept (`Settings.secrets`), and Dagster reads their values
+through `dg.EnvVar` at run time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from expo_platform.core.hours import parse_hour
@@ -127,264 +133,112 @@ def _memory(text: str) -> str:
     return text
 
 
-def _setting(env: str, parse: Callable[[str], Any], doc: str, default: str | None = None) -> Any:
-    return field(metadata={"env": env, "parse": parse, "doc": doc, "default": default})
+def _setting(
+    env: str, default: Any, doc: str, parse: Callable[[str], Any] = str, shown: str | None = None
+) -> Any:
+    """A field of a settings section: its variable, Python default, parser and description
+    (`shown` replaces the default in the documentation when it is derived at load time)."""
+    meta = {"env": env, "parse": parse, "doc": doc, "shown": shown}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: MappingProxyType(dict(default)), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # HotSpot leaves methods over 8,000 bytecode bytes to the interpreter. Spark's generated code for
 # beacon validation and sessionization is larger: with the JIT allowed to compile it, the
 # validation of a 2 M-line hour takes 18 s instead of 36 s. The parallel collector spends less
 # of 2 cores than G1 (the default), and a batch hour needs throughput, not short pauses: the
-# bench hour's CPU fell by 15%, its wall time by 5% in a new JVM, 16% warm (README, benchmarks).
+# bench hour's CPU fell by 15%, its wall time by 5% in a new JVM, 16% warm (docs/benchmarks.md).
 JVM_OPTIONS = "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
+
+# Environment variables that hold secrets. Their values never enter the settings.
+SECRET_VARIABLES = ("EXPO_SMTP_PASSWORD", "EXPO_ALERT_WEBHOOK_URL")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The platform's settings; build them with `load_settings()`."""
+class LakeSettings:
+    """Where the data lives: the lake's folders, the Hive database and the metric store."""
 
-    home: Path = _setting(
-        "EXPO_HOME",
-        _path,
-        "folder that relative paths below are anchored at (unset: the project folder)",
-        "<project>",
+    root: Path = _setting(
+        "EXPO_LAKE", Path("lake"), "root of the lake (landing zone, tables)", _path
     )
-    lake: Path = _setting("EXPO_LAKE", _path, "root of the lake (landing zone, tables)", "./lake")
     metric_store: str = _setting(
         "EXPO_METRIC_STORE",
-        _store_url,
+        "",
         "SQLAlchemy URL of the metric store",
-        "sqlite:///<lake>/metrics.sqlite",
-    )
-    spark_master: str = _setting("EXPO_SPARK_MASTER", str, "Spark master URL", "local[*]")
-    spark_conf: dict[str, str] = _setting(
-        "EXPO_SPARK_CONF", _conf, "extra Spark settings, key=value,key=value", ""
-    )
-    partitions_start: datetime = _setting(
-        "EXPO_PARTITIONS_START", _hour, "first hour of the hourly partitions", "2026-01-01T00"
-    )
-    dagster_home: Path = _setting(
-        "DAGSTER_HOME", _path, "Dagster instance folder (runs, schedules)", "./.dagster_home"
+        _store_url,
+        shown="sqlite:///<lake>/metrics.sqlite",
     )
     hive_database: str = _setting(
-        "EXPO_HIVE_DATABASE", str, "Hive database of the sessions table", "expo"
-    )
-    max_reject_rate: float = _setting(
-        "EXPO_MAX_REJECT_RATE", _fraction, "reject rate above which an hour is blocked", "0.1"
-    )
-    landing_grace_minutes: int = _setting(
-        "EXPO_LANDING_GRACE_MINUTES",
-        _positive_int,
-        "minutes after an hour ends before its landing data counts as complete",
-        "10",
-    )
-    ingest_every_minutes: int = _setting(
-        "EXPO_INGEST_EVERY_MINUTES",
-        _positive_int,
-        "how often the hourly ingest schedule looks for complete hours not yet ingested "
-        "(60: once an hour, at minute EXPO_LANDING_GRACE_MINUTES)",
-        "60",
-    )
-    hourly_schedule: str = _setting(
-        "EXPO_HOURLY_SCHEDULE",
-        _choice("running", "stopped"),
-        "state of the hourly ingest schedule when Dagster first loads it (the UI can change it)",
-        "running",
-    )
-    shuffle_partitions: int = _setting(
-        "EXPO_SHUFFLE_PARTITIONS", _positive_int, "spark.sql.shuffle.partitions", "4"
-    )
-    log_level: str = _setting("EXPO_LOG_LEVEL", str.upper, "log level", "INFO")
-    kafka_bootstrap: str = _setting(
-        "EXPO_KAFKA_BOOTSTRAP", str, "Kafka bootstrap servers of the speed layer", "127.0.0.1:9092"
-    )
-    kafka_topic: str = _setting("EXPO_KAFKA_TOPIC", str, "Kafka topic of the beacons", "beacons")
-    zookeeper: str = _setting(
-        "EXPO_ZOOKEEPER", str, "ZooKeeper hosts that keep the stream's offsets", "127.0.0.1:2181"
-    )
-    stream_consumer: str = _setting(
-        "EXPO_STREAM_CONSUMER", str, "consumer name of the streaming app in ZooKeeper", "expo-speed"
-    )
-    stream_region: str = _setting(
-        "EXPO_STREAM_REGION",
-        _region,
-        "this streaming app's region for writer fail-over (empty: the only app, no lease); "
-        "each region keeps its own state and offsets, only the lease holder writes",
-        "",
-    )
-    writer_lease_seconds: int = _setting(
-        "EXPO_WRITER_LEASE_SECONDS",
-        _lease_seconds,
-        "ZooKeeper session timeout of a region: how long a dead writer keeps the lease (4-40)",
-        "10",
-    )
-    stream_source: str = _setting(
-        "EXPO_STREAM_SOURCE",
-        _choice("expo_kafka", "kafka"),
-        "Kafka reader of the stream: expo_kafka (confluent-kafka) or Spark's built-in kafka",
-        "expo_kafka",
-    )
-    stream_trigger_seconds: int = _setting(
-        "EXPO_STREAM_TRIGGER_SECONDS", _positive_int, "micro-batch trigger interval", "60"
-    )
-    stream_watermark_minutes: int = _setting(
-        "EXPO_STREAM_WATERMARK_MINUTES",
-        _positive_int,
-        "how far behind the newest event time a beacon may arrive and still be counted",
-        "10",
-    )
-    stream_max_offsets: int = _setting(
-        "EXPO_STREAM_MAX_OFFSETS",
-        _positive_int,
-        "most Kafka messages per micro-batch (0: no limit)",
-        "0",
-    )
-    stream_starting_offsets: str = _setting(
-        "EXPO_STREAM_STARTING_OFFSETS",
-        _choice("earliest", "latest"),
-        "where a stream with neither checkpoint nor ZooKeeper offsets starts",
-        "earliest",
-    )
-    stream_ui_port: int = _setting(
-        "EXPO_STREAM_UI_PORT", _positive_int, "Spark UI port of the streaming app", "4040"
-    )
-    kafka_end_offsets: str = _setting(
-        "EXPO_KAFKA_END_OFFSETS",
-        _choice("watermark", "probe"),
-        "how the stream finds a partition's end: the broker's high watermark, or probe "
-        "(for the local Tansu broker, whose high watermark lags)",
-        "watermark",
-    )
-    services_dir: Path = _setting(
-        "EXPO_SERVICES_DIR",
-        _path,
-        "data, logs and pid files of the local ZooKeeper and broker",
-        "./.services",
-    )
-    srm_weights: dict[str, float] = _setting(
-        "EXPO_SRM_WEIGHTS",
-        _weights,
-        "expected split for the SRM test, experiment/variant=weight,... (equal if unset)",
-        "",
-    )
-    reconcile_tolerance: float = _setting(
-        "EXPO_RECONCILE_TOLERANCE",
-        _fraction,
-        "largest relative speed-versus-batch drift of a finished hour that passes",
-        "0.02",
-    )
-    speed_stale_minutes: int = _setting(
-        "EXPO_SPEED_STALE_MINUTES",
-        _positive_int,
-        "the speed metrics' freshness check fails when their newest event time is this many "
-        "minutes behind the clock",
-        "15",
-    )
-    supervisor_interval_seconds: int = _setting(
-        "EXPO_SUPERVISOR_INTERVAL_SECONDS",
-        _positive_int,
-        "seconds between two ticks of the streaming supervisor sensor",
-        "60",
-    )
-    stuck_task_seconds: int = _setting(
-        "EXPO_STUCK_TASK_SECONDS",
-        _positive_int,
-        "a task of the streaming app running longer than this is stuck",
-        "900",
-    )
-    max_kafka_lag: int = _setting(
-        "EXPO_MAX_KAFKA_LAG",
-        _positive_int,
-        "Kafka messages not yet committed by the stream above which it is unhealthy",
-        "5000000",
-    )
-    slow_ticks: int = _setting(
-        "EXPO_SLOW_TICKS",
-        _positive_int,
-        "supervisor ticks in a row of processing below input rate (or latency above the "
-        "trigger) that make the stream unhealthy",
-        "3",
-    )
-    restarts_per_hour: int = _setting(
-        "EXPO_RESTARTS_PER_HOUR",
-        _positive_int,
-        "restarts of the streaming app the supervisor may request per hour; then it only alerts",
-        "3",
-    )
-    alert_smtp: str = _setting(
-        "EXPO_ALERT_SMTP", str, "host:port of the SMTP server for alert e-mail (empty: off)", ""
-    )
-    alert_email_from: str = _setting(
-        "EXPO_ALERT_EMAIL_FROM", str, "sender of alert e-mail", "expo@localhost"
-    )
-    alert_email_to: str = _setting(
-        "EXPO_ALERT_EMAIL_TO", str, "comma-separated recipients of alert e-mail", ""
-    )
-    supervise: str = _setting(
-        "EXPO_SUPERVISE",
-        _choice("on", "off"),
-        "on: the streaming supervisor sensor starts running with Dagster (`make up` sets it)",
-        "off",
-    )
-    up_rate: int = _setting(
-        "EXPO_UP_RATE",
-        _positive_int,
-        "beacons per second of the generator that `make up` runs",
-        "200",
-    )
-    up_backlog_minutes: int = _setting(
-        "EXPO_UP_BACKLOG_MINUTES",
-        _positive_int,
-        "minutes of traffic `make up` sends before going live (0: the previous hour whole)",
-        "0",
-    )
-    stream_launcher: str = _setting(
-        "EXPO_STREAM_LAUNCHER",
-        _choice("local", "spark-submit"),
-        "how the supervisor starts the streaming app: a local background process, or "
-        "spark-submit to the standalone master of EXPO_SPARK_MASTER (spark://...)",
-        "local",
-    )
-    spark_master_ui: str = _setting(
-        "EXPO_SPARK_MASTER_UI",
-        str,
-        "host:port of the standalone master's web UI: the supervisor finds the streaming app "
-        "in its /json/ (empty: in the driver's UI only)",
-        "",
-    )
-    cluster_master_port: int = _setting(
-        "EXPO_CLUSTER_MASTER_PORT",
-        _positive_int,
-        "port of the standalone master that `make cluster` starts",
-        "7077",
-    )
-    cluster_ui_port: int = _setting(
-        "EXPO_CLUSTER_UI_PORT",
-        _positive_int,
-        "web UI port of that master (its worker's UI is on the next port)",
-        "8080",
-    )
-    cluster_worker_cores: int = _setting(
-        "EXPO_CLUSTER_WORKER_CORES", _positive_int, "cores the worker offers", "2"
-    )
-    cluster_worker_memory: str = _setting(
-        "EXPO_CLUSTER_WORKER_MEMORY", _memory, "memory the worker offers to executors", "2g"
+        "EXPO_HIVE_DATABASE", "expo", "Hive database of the sessions table"
     )
 
     @property
     def landing_dir(self) -> Path:
         """Raw beacons by hour: `<lake>/landing/beacons/hour=YYYY-MM-DD-HH/`."""
-        return self.lake / "landing" / "beacons"
+        return self.root / "landing" / "beacons"
 
     @property
     def tables_dir(self) -> Path:
         """Columnar tables that the batch layer writes."""
-        return self.lake / "tables"
+        return self.root / "tables"
 
     @property
     def metastore_dir(self) -> Path:
         """The embedded Derby metastore of the Hive tables, kept with the lake."""
-        return self.lake / "_metastore"
+        return self.root / "_metastore"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Scorecards (JSON) and trend reports (HTML) by day."""
+        return self.root / "reports"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """The batch layer's partitions, schedule and checks, and the analysis' expected splits."""
+
+    partitions_start: datetime = _setting(
+        "EXPO_PARTITIONS_START",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        "first hour of the hourly partitions",
+        _hour,
+        shown="2026-01-01T00",
+    )
+    landing_grace_minutes: int = _setting(
+        "EXPO_LANDING_GRACE_MINUTES",
+        10,
+        "minutes after an hour ends before its landing data counts as complete",
+        _positive_int,
+    )
+    ingest_every_minutes: int = _setting(
+        "EXPO_INGEST_EVERY_MINUTES",
+        60,
+        "how often the hourly ingest schedule looks for complete hours not yet ingested "
+        "(60: once an hour, at minute EXPO_LANDING_GRACE_MINUTES)",
+        _positive_int,
+    )
+    hourly_schedule: str = _setting(
+        "EXPO_HOURLY_SCHEDULE",
+        "running",
+        "state of the hourly ingest schedule when Dagster first loads it (the UI can change it)",
+        _choice("running", "stopped"),
+    )
+    max_reject_rate: float = _setting(
+        "EXPO_MAX_REJECT_RATE", 0.1, "reject rate above which an hour is blocked", _fraction
+    )
+    reconcile_tolerance: float = _setting(
+        "EXPO_RECONCILE_TOLERANCE",
+        0.02,
+        "largest relative speed-versus-batch drift of a finished hour that passes",
+        _fraction,
+    )
+    srm_weights: Mapping[str, float] = _setting(
+        "EXPO_SRM_WEIGHTS",
+        {},
+        "expected split for the SRM test, experiment/variant=weight,... (equal if unset)",
+        _weights,
+    )
 
     def srm_weights_for(self, experiment: str) -> dict[str, float] | None:
         """The expected split of one experiment's variants, or None for an equal split."""
@@ -392,37 +246,279 @@ class Settings:
         found = {k[len(prefix) :]: w for k, w in self.srm_weights.items() if k.startswith(prefix)}
         return found or None
 
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """The Spark every job of the platform runs on."""
+
+    master: str = _setting("EXPO_SPARK_MASTER", "local[*]", "Spark master URL")
+    conf: Mapping[str, str] = _setting(
+        "EXPO_SPARK_CONF", {}, "extra Spark settings, key=value,key=value", _conf
+    )
+    shuffle_partitions: int = _setting(
+        "EXPO_SHUFFLE_PARTITIONS", 4, "spark.sql.shuffle.partitions", _positive_int
+    )
+    master_ui: str = _setting(
+        "EXPO_SPARK_MASTER_UI",
+        "",
+        "host:port of the standalone master's web UI: the supervisor finds the streaming app "
+        "in its /json/ (empty: in the driver's UI only)",
+    )
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The speed layer: Kafka, ZooKeeper, the streaming app and how it is started."""
+
+    kafka_bootstrap: str = _setting(
+        "EXPO_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers of the speed layer"
+    )
+    kafka_topic: str = _setting("EXPO_KAFKA_TOPIC", "beacons", "Kafka topic of the beacons")
+    zookeeper: str = _setting(
+        "EXPO_ZOOKEEPER", "127.0.0.1:2181", "ZooKeeper hosts that keep the stream's offsets"
+    )
+    consumer: str = _setting(
+        "EXPO_STREAM_CONSUMER", "expo-speed", "consumer name of the streaming app in ZooKeeper"
+    )
+    region: str = _setting(
+        "EXPO_STREAM_REGION",
+        "",
+        "this streaming app's region for writer fail-over (empty: the only app, no lease); "
+        "each region keeps its own state and offsets, only the lease holder writes",
+        _region,
+    )
+    writer_lease_seconds: int = _setting(
+        "EXPO_WRITER_LEASE_SECONDS",
+        10,
+        "ZooKeeper session timeout of a region: how long a dead writer keeps the lease (4-40)",
+        _lease_seconds,
+    )
+    source: str = _setting(
+        "EXPO_STREAM_SOURCE",
+        "expo_kafka",
+        "Kafka reader of the stream: expo_kafka (confluent-kafka) or Spark's built-in kafka",
+        _choice("expo_kafka", "kafka"),
+    )
+    trigger_seconds: int = _setting(
+        "EXPO_STREAM_TRIGGER_SECONDS", 60, "micro-batch trigger interval", _positive_int
+    )
+    watermark_minutes: int = _setting(
+        "EXPO_STREAM_WATERMARK_MINUTES",
+        10,
+        "how far behind the newest event time a beacon may arrive and still be counted",
+        _positive_int,
+    )
+    max_offsets: int = _setting(
+        "EXPO_STREAM_MAX_OFFSETS",
+        0,
+        "most Kafka messages per micro-batch (0: no limit)",
+        _positive_int,
+    )
+    starting_offsets: str = _setting(
+        "EXPO_STREAM_STARTING_OFFSETS",
+        "earliest",
+        "where a stream with neither checkpoint nor ZooKeeper offsets starts",
+        _choice("earliest", "latest"),
+    )
+    ui_port: int = _setting(
+        "EXPO_STREAM_UI_PORT", 4040, "Spark UI port of the streaming app", _positive_int
+    )
+    kafka_end_offsets: str = _setting(
+        "EXPO_KAFKA_END_OFFSETS",
+        "watermark",
+        "how the stream finds a partition's end: the broker's high watermark, or probe "
+        "(for the local Tansu broker, whose high watermark lags)",
+        _choice("watermark", "probe"),
+    )
+    launcher: str = _setting(
+        "EXPO_STREAM_LAUNCHER",
+        "local",
+        "how the supervisor starts the streaming app: a local background process, or "
+        "spark-submit to the standalone master of EXPO_SPARK_MASTER (spark://...)",
+        _choice("local", "spark-submit"),
+    )
+
+    @property
+    def offsets_consumer(self) -> str:
+        """The ZooKeeper consumer of this app's Kafka offsets: one per region."""
+        return f"{self.consumer}-{self.region}" if self.region else self.consumer
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """The Dagster sensor that watches the streaming app through its Spark UI."""
+
+    supervise: str = _setting(
+        "EXPO_SUPERVISE",
+        "off",
+        "on: the streaming supervisor sensor starts running with Dagster (`make up` sets it)",
+        _choice("on", "off"),
+    )
+    interval_seconds: int = _setting(
+        "EXPO_SUPERVISOR_INTERVAL_SECONDS",
+        60,
+        "seconds between two ticks of the streaming supervisor sensor",
+        _positive_int,
+    )
+    stuck_task_seconds: int = _setting(
+        "EXPO_STUCK_TASK_SECONDS",
+        900,
+        "a task of the streaming app running longer than this is stuck",
+        _positive_int,
+    )
+    max_kafka_lag: int = _setting(
+        "EXPO_MAX_KAFKA_LAG",
+        5_000_000,
+        "Kafka messages not yet committed by the stream above which it is unhealthy",
+        _positive_int,
+    )
+    slow_ticks: int = _setting(
+        "EXPO_SLOW_TICKS",
+        3,
+        "supervisor ticks in a row of processing below input rate (or latency above the "
+        "trigger) that make the stream unhealthy",
+        _positive_int,
+    )
+    restarts_per_hour: int = _setting(
+        "EXPO_RESTARTS_PER_HOUR",
+        3,
+        "restarts of the streaming app the supervisor may request per hour; then it only alerts",
+        _positive_int,
+    )
+    speed_stale_minutes: int = _setting(
+        "EXPO_SPEED_STALE_MINUTES",
+        15,
+        "the speed metrics' freshness check fails when their newest event time is this many "
+        "minutes behind the clock",
+        _positive_int,
+    )
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    """Where alerts go. The SMTP password (EXPO_SMTP_PASSWORD) and the webhook URL
+    (EXPO_ALERT_WEBHOOK_URL) are secrets, read by Dagster from the environment at run time."""
+
+    smtp: str = _setting(
+        "EXPO_ALERT_SMTP", "", "host:port of the SMTP server for alert e-mail (empty: off)"
+    )
+    email_from: str = _setting("EXPO_ALERT_EMAIL_FROM", "expo@localhost", "sender of alert e-mail")
+    email_to: str = _setting(
+        "EXPO_ALERT_EMAIL_TO", "", "comma-separated recipients of alert e-mail"
+    )
+    smtp_user: str = _setting(
+        "EXPO_SMTP_USER", "", "SMTP login of alert e-mail (its password: EXPO_SMTP_PASSWORD)"
+    )
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The processes `make up`, `make services` and `make cluster` start on this machine."""
+
+    services_dir: Path = _setting(
+        "EXPO_SERVICES_DIR",
+        Path(".services"),
+        "data, logs and pid files of the local ZooKeeper and broker",
+        _path,
+    )
+    dagster_home: Path = _setting(
+        "DAGSTER_HOME", Path(".dagster_home"), "Dagster instance folder (runs, schedules)", _path
+    )
+    up_rate: int = _setting(
+        "EXPO_UP_RATE",
+        200,
+        "beacons per second of the generator that `make up` runs",
+        _positive_int,
+    )
+    up_backlog_minutes: int = _setting(
+        "EXPO_UP_BACKLOG_MINUTES",
+        0,
+        "minutes of traffic `make up` sends before going live (0: the previous hour whole)",
+        _positive_int,
+    )
+    cluster_master_port: int = _setting(
+        "EXPO_CLUSTER_MASTER_PORT",
+        7077,
+        "port of the standalone master that `make cluster` starts",
+        _positive_int,
+    )
+    cluster_ui_port: int = _setting(
+        "EXPO_CLUSTER_UI_PORT",
+        8080,
+        "web UI port of that master (its worker's UI is on the next port)",
+        _positive_int,
+    )
+    cluster_worker_cores: int = _setting(
+        "EXPO_CLUSTER_WORKER_CORES", 2, "cores the worker offers", _positive_int
+    )
+    cluster_worker_memory: str = _setting(
+        "EXPO_CLUSTER_WORKER_MEMORY", "2g", "memory the worker offers to executors", _memory
+    )
+
+
+SECTIONS = {
+    "lake": LakeSettings,
+    "batch": BatchSettings,
+    "spark": SparkSettings,
+    "stream": StreamSettings,
+    "supervisor": SupervisorSettings,
+    "alerts": AlertsSettings,
+    "local": LocalSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The platform's settings, by section; build them with `load_settings()`."""
+
+    home: Path = _setting(
+        "EXPO_HOME",
+        Path("."),
+        "folder that relative paths below are anchored at (unset: the project folder)",
+        _path,
+        shown="<project>",
+    )
+    log_level: str = _setting("EXPO_LOG_LEVEL", "INFO", "log level", str.upper)
+    lake: LakeSettings = field(default_factory=LakeSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    # Names of the SECRET_VARIABLES set in the environment (their values stay there), and
+    # EXPO_METRIC_STORE when its URL carries a password.
+    secrets: frozenset[str] = frozenset()
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, a section's by a mapping:
+        `settings.replace(stream={"trigger_seconds": 5}, log_level="DEBUG")`."""
+        changed = {
+            name: replace(getattr(self, name), **value) if name in SECTIONS else value
+            for name, value in changes.items()
+        }
+        return replace(self, **changed)
+
     @property
     def stream_dir(self) -> Path:
         """The speed layer's own files: checkpoint, counted beacons, sessions, progress."""
-        return self.lake / (f"stream-{self.stream_region}" if self.stream_region else "stream")
-
-    @property
-    def stream_offsets_consumer(self) -> str:
-        """The ZooKeeper consumer of this app's Kafka offsets: one per region."""
-        region = self.stream_region
-        return f"{self.stream_consumer}-{region}" if region else self.stream_consumer
-
-    @property
-    def reports_dir(self) -> Path:
-        """Scorecards (JSON) and trend reports (HTML) by day."""
-        return self.lake / "reports"
+        region = self.stream.region
+        return self.lake.root / (f"stream-{region}" if region else "stream")
 
     def spark_config(self) -> dict[str, str]:
         """The Spark configuration every session of the platform starts with."""
+        metastore = self.lake.metastore_dir
         conf = {
-            "spark.master": self.spark_master,
+            "spark.master": self.spark.master,
             "spark.app.name": "expo",
             "spark.sql.session.timeZone": "UTC",
-            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            "spark.sql.shuffle.partitions": str(self.spark.shuffle_partitions),
             "spark.sql.catalogImplementation": "hive",
-            "spark.sql.warehouse.dir": str(self.lake / "_warehouse"),
+            "spark.sql.warehouse.dir": str(self.lake.root / "_warehouse"),
             "spark.hadoop.javax.jdo.option.ConnectionURL": (
-                f"jdbc:derby:;databaseName={self.metastore_dir / 'metastore_db'};create=true"
+                f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
             ),
-            "spark.driver.extraJavaOptions": (
-                f"{JVM_OPTIONS} -Dderby.system.home={self.metastore_dir}"
-            ),
+            "spark.driver.extraJavaOptions": f"{JVM_OPTIONS} -Dderby.system.home={metastore}",
             "spark.executor.extraJavaOptions": JVM_OPTIONS,
             "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
             "spark.sql.sources.partitionOverwriteMode": "dynamic",
@@ -432,44 +528,100 @@ class Settings:
             "spark.sql.execution.useObjectHashAggregateExec": "false",
             "spark.ui.showConsoleProgress": "false",
         }
-        conf.update(self.spark_conf)
+        conf.update(self.spark.conf)
         return conf
 
 
+def _section_fields() -> list[tuple[str, Any]]:
+    """(section name or "", field) of every setting, in documentation order."""
+    top = [("", f) for f in fields(Settings) if "env" in f.metadata]
+    return top + [(name, f) for name, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def _shown(f: Any) -> str:
+    if f.metadata["shown"] is not None:
+        return f.metadata["shown"]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if isinstance(default, Mapping):
+        return ",".join(f"{k}={v}" for k, v in default.items())
+    return str(default)
+
+
+# (section, variable, default, description) of every setting: `expo settings` and the README.
 SETTINGS_DOC = [
-    (f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)
+    (name, f.metadata["env"], _shown(f), f.metadata["doc"]) for name, f in _section_fields()
 ]
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Read the settings from the environment; an invalid value raises `SettingsError`."""
+def _parsed(f: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    """{field: value} when the field's variable is set and not empty, else {}."""
+    env = f.metadata["env"]
+    raw = environ.get(env)
+    if raw is None or raw == "":
+        return {}
+    try:
+        return {f.name: f.metadata["parse"](raw)}
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"{env}={raw!r} is not valid: {exc}") from None
+
+
+def _anchor_paths(section: Any, home: Path) -> Any:
+    """The section with every relative path made absolute under home."""
+    paths = {
+        f.name: _anchored(getattr(section, f.name), home)
+        for f in fields(section)
+        if isinstance(getattr(section, f.name), Path)
+    }
+    return replace(section, **paths) if paths else section
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from `environ` (the process environment when None); an invalid value
+    raises `SettingsError`. Relative paths are anchored at EXPO_HOME (unset: `default_home()`)."""
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    top = {}
     for f in fields(Settings):
-        if f.name == "home" and f.name not in overrides and not environ.get("EXPO_HOME"):
-            values["home"] = default_home()
+        if "env" in f.metadata:
+            top.update(_parsed(f, environ))
+    home = Path(top.pop("home", default_home())).expanduser().resolve()
+    sections = {
+        name: _anchor_paths(
+            cls(**{k: v for f in fields(cls) for k, v in _parsed(f, environ).items()}), home
+        )
+        for name, cls in SECTIONS.items()
+    }
+    lake = sections["lake"]
+    store = lake.metric_store or f"sqlite:///{lake.root / 'metrics.sqlite'}"
+    sections["lake"] = replace(lake, metric_store=_anchored_store(store, home))
+    secrets = {name for name in SECRET_VARIABLES if environ.get(name)}
+    if _has_password(sections["lake"].metric_store):
+        secrets.add("EXPO_METRIC_STORE")
+    return Settings(home=home, **top, **sections, secrets=frozenset(secrets))
+
+
+def _has_password(url: str) -> bool:
+    """Whether a database URL carries a password (`scheme://user:password@host/...`)."""
+    _, _, rest = url.partition("://")
+    credentials, at, _ = rest.partition("@")
+    return bool(at) and ":" in credentials
+
+
+def settings_environ(settings: Settings) -> dict[str, str]:
+    """The variables that give these settings back in another process (no secrets):
+    `load_settings(settings_environ(s)) == s` once the secrets' variables are set there too."""
+    environ = {"EXPO_HOME": str(settings.home), "EXPO_LOG_LEVEL": settings.log_level}
+    for name, f in _section_fields():
+        if not name:
             continue
-        if f.name in overrides:
-            values[f.name] = overrides[f.name]
-            continue
-        env, parse, default = f.metadata["env"], f.metadata["parse"], f.metadata["default"]
-        raw = environ.get(env)
-        if raw is None or raw == "":
-            if f.name == "metric_store":
-                continue  # derived from the lake below
-            raw = default
-        try:
-            values[f.name] = parse(raw)
-        except (ValueError, TypeError) as exc:
-            raise SettingsError(f"{env}={raw!r} is not valid: {exc}") from None
-    home = values["home"] = Path(values["home"]).expanduser().resolve()
-    for f in fields(Settings):
-        if f.metadata["parse"] is _path:
-            values[f.name] = _anchored(Path(values[f.name]), home)
-    if "metric_store" not in values:
-        values["metric_store"] = f"sqlite:///{values['lake'] / 'metrics.sqlite'}"
-    values["metric_store"] = _anchored_store(values["metric_store"], home)
-    return Settings(**values)
+        value = getattr(getattr(settings, name), f.name)
+        if isinstance(value, Mapping):
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, datetime):
+            text = value.strftime("%Y-%m-%dT%H")
+        else:
+            text = str(value)
+        environ[f.metadata["env"]] = text
+    return environ
 
 
 def path_env(settings: Settings) -> dict[str, str]:
@@ -477,10 +629,10 @@ def path_env(settings: Settings) -> dict[str, str]:
     each then uses the same lake, store and folders whatever its working directory."""
     return {
         "EXPO_HOME": str(settings.home),
-        "EXPO_LAKE": str(settings.lake),
-        "EXPO_METRIC_STORE": settings.metric_store,
-        "EXPO_SERVICES_DIR": str(settings.services_dir),
-        "DAGSTER_HOME": str(settings.dagster_home),
+        "EXPO_LAKE": str(settings.lake.root),
+        "EXPO_METRIC_STORE": settings.lake.metric_store,
+        "EXPO_SERVICES_DIR": str(settings.local.services_dir),
+        "DAGSTER_HOME": str(settings.local.dagster_home),
     }
 
 
@@ -488,10 +640,10 @@ def resolved_paths(settings: Settings) -> dict[str, str]:
     """The absolute places this process reads and writes, for `expo settings` and `make up`."""
     return {
         "home": str(settings.home),
-        "lake": str(settings.lake),
-        "landing zone": str(settings.landing_dir),
-        "metric store": settings.metric_store,
+        "lake": str(settings.lake.root),
+        "landing zone": str(settings.lake.landing_dir),
+        "metric store": settings.lake.metric_store,
         "stream checkpoint and state": str(settings.stream_dir),
-        "services": str(settings.services_dir),
-        "dagster home": str(settings.dagster_home),
+        "services": str(settings.local.services_dir),
+        "dagster home": str(settings.local.dagster_home),
     }

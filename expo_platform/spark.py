@@ -21,7 +21,7 @@ def python_environment() -> None:
 def get_spark(settings: Settings) -> SparkSession:
     """Return the active session, or start one configured from `settings`."""
     python_environment()
-    settings.metastore_dir.mkdir(parents=True, exist_ok=True)
+    settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder
     for key, value in settings.spark_config().items():
         builder = builder.config(key, value)

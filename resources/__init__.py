@@ -1,9 +1,11 @@
-"""Dagster resources: thin, typed wrappers around the library's settings and stores."""
+"""Dagster resources: the library settings, the metric store, alerts and the stream launcher.
+
+Everything comes from one `Settings` object (`build_resources(settings)`); nothing here reads
+the environment. Secrets are the exception by design: they never enter the settings, and
+Dagster reads them through `dg.EnvVar` when a run or tick uses the resource.
+"""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -11,27 +13,14 @@ from dagster_pyspark import PySparkResource
 from expo_platform.ops.alerts import Alert, Channels, send
 from expo_platform.ops.supervision import StreamLauncher, stream_launcher
 from expo_platform.serving.store import MetricStore
-from expo_platform.settings import Settings, load_settings
+from expo_platform.settings import Settings
 
-
-class ExpoResource(dg.ConfigurableResource):
-    """Where the lake and the Hive tables are, and the batch layer's thresholds."""
-
-    lake: str
-    hive_database: str = "expo"
-    max_reject_rate: float = 0.1
-
-    def settings(self) -> Settings:
-        """The library settings: the environment's, with this resource's fields on top."""
-        return load_settings(
-            lake=Path(self.lake),
-            hive_database=self.hive_database,
-            max_reject_rate=self.max_reject_rate,
-        )
+# Assets and sensors declare `settings: SettingsParam` to receive the code location's settings.
+SettingsParam = dg.ResourceParam[Settings]
 
 
 class MetricStoreResource(dg.ConfigurableResource):
-    """The metric store; the URL may carry a password, so it comes from the environment."""
+    """The metric store; a URL with a password comes through `dg.EnvVar`."""
 
     url: str
 
@@ -42,7 +31,7 @@ class MetricStoreResource(dg.ConfigurableResource):
 
 class AlertsResource(dg.ConfigurableResource):
     """E-mail (SMTP) and a Slack-compatible webhook; the webhook URL and the SMTP password
-    come from the environment only (EXPO_ALERT_WEBHOOK_URL, EXPO_SMTP_PASSWORD)."""
+    are secrets (EXPO_ALERT_WEBHOOK_URL, EXPO_SMTP_PASSWORD), given as `dg.EnvVar`."""
 
     smtp: str = ""  # host:port, empty for no e-mail
     mail_from: str = "expo@localhost"
@@ -67,40 +56,35 @@ class AlertsResource(dg.ConfigurableResource):
 
 
 class StreamLauncherResource(dg.ConfigurableResource):
-    """Starts and stops the streaming app, recorded by pid files in EXPO_SERVICES_DIR, with
-    this process's EXPO_* environment: a local background process, or spark-submit to the
-    standalone master (EXPO_STREAM_LAUNCHER)."""
+    """Starts and stops the streaming app, recorded by pid files in EXPO_SERVICES_DIR: a
+    local background process, or spark-submit to the standalone master (EXPO_STREAM_LAUNCHER)."""
 
     def launcher(self, settings: Settings) -> StreamLauncher:
         return stream_launcher(settings)
 
 
-def _secret(name: str):
-    """An environment variable read at run time, or empty when it is not set."""
-    return dg.EnvVar(name) if os.environ.get(name) else ""
+def _secret(settings: Settings, name: str, otherwise: str = "") -> str | dg.EnvVar:
+    """The secret variable `name` for Dagster to read at run time, when the settings saw it
+    set; else `otherwise`."""
+    return dg.EnvVar(name) if name in settings.secrets else otherwise
 
 
 def build_resources(settings: Settings) -> dict:
     """The resources of the code location, from the library settings."""
+    alerts = settings.alerts
     return {
+        "settings": dg.ResourceDefinition.hardcoded_resource(settings, "the Expo settings"),
         "pyspark": PySparkResource(spark_config=settings.spark_config()),
-        "expo": ExpoResource(
-            lake=str(settings.lake),
-            hive_database=settings.hive_database,
-            max_reject_rate=settings.max_reject_rate,
-        ),
         "metric_store": MetricStoreResource(
-            url=dg.EnvVar("EXPO_METRIC_STORE")
-            if os.environ.get("EXPO_METRIC_STORE")
-            else settings.metric_store
+            url=_secret(settings, "EXPO_METRIC_STORE", settings.lake.metric_store)
         ),
         "alerts": AlertsResource(
-            smtp=settings.alert_smtp,
-            mail_from=settings.alert_email_from,
-            mail_to=settings.alert_email_to,
-            smtp_user=os.environ.get("EXPO_SMTP_USER", ""),
-            smtp_password=_secret("EXPO_SMTP_PASSWORD"),
-            webhook_url=_secret("EXPO_ALERT_WEBHOOK_URL"),
+            smtp=alerts.smtp,
+            mail_from=alerts.email_from,
+            mail_to=alerts.email_to,
+            smtp_user=alerts.smtp_user,
+            smtp_password=_secret(settings, "EXPO_SMTP_PASSWORD"),
+            webhook_url=_secret(settings, "EXPO_ALERT_WEBHOOK_URL"),
         ),
         "stream_launcher": StreamLauncherResource(),
     }

@@ -12,7 +12,6 @@ from datetime import datetime
 
 import dagster as dg
 
-from assets.partitions import HOURLY
 from expo_platform.core.hours import ONE_HOUR, hour_key, hour_label, hour_range, parse_hour
 from expo_platform.errors import ExpoError
 from sensors.schedules import day_completed_by
@@ -20,10 +19,10 @@ from sensors.schedules import day_completed_by
 log = logging.getLogger(__name__)
 
 
-def _check_range(first: datetime, last: datetime) -> datetime:
+def _check_range(hourly: dg.PartitionsDefinition, first: datetime, last: datetime) -> datetime:
     """Fail clearly on hours outside the partitions; return the newest partition's hour."""
-    oldest = parse_hour(HOURLY.get_first_partition_key())
-    newest_key = HOURLY.get_last_partition_key()
+    oldest = parse_hour(hourly.get_first_partition_key())
+    newest_key = hourly.get_last_partition_key()
     newest = parse_hour(newest_key) if newest_key else oldest
     for hour in (first, last):
         if not oldest <= hour <= newest:
@@ -79,9 +78,10 @@ def run_batch(
     ingested too when it exists; otherwise the metrics of `last` wait, and that is said.
     Every day whose last hour's metrics are done in the range is then analysed.
     """
-    newest = _check_range(first, last)
     # Entering the instance makes its storage the current one for loading definitions too.
     with dg.DagsterInstance.get() as instance:
+        hourly = defs.resolve_job_def("hourly_ingest").partitions_def
+        newest = _check_range(hourly, first, last)
         return _run_hours(defs, instance, first, last, min(last + ONE_HOUR, newest), progress)
 
 

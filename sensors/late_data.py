@@ -10,7 +10,7 @@ import dagster as dg
 from expo_platform import lake
 from expo_platform.batch.late_data import changed_hours, redo_plan
 from expo_platform.core.hours import hour_key, parse_hour
-from resources import ExpoResource
+from resources import SettingsParam
 from sensors.jobs import hourly_ingest_job, hourly_metrics_job
 
 LOOKBACK_HOURS = 48  # the newest processed hours that are watched
@@ -39,8 +39,7 @@ def recorded_signatures(instance: dg.DagsterInstance, keys: list[str]) -> dict[s
     description="Landing hours with new or modified files since they were processed: ingest "
     "them again, with the later hours and metrics that depend on them.",
 )
-def late_data_sensor(context: dg.SensorEvaluationContext, expo: ExpoResource):
-    settings = expo.settings()
+def late_data_sensor(context: dg.SensorEvaluationContext, settings: SettingsParam):
     instance = context.instance
     ingested = sorted(instance.get_materialized_partitions(dg.AssetKey("sessions")))
     watched = sorted(instance.get_materialized_partitions(dg.AssetKey("beacons")))[-LOOKBACK_HOURS:]

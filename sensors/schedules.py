@@ -1,11 +1,12 @@
-"""The hourly schedule, and the sensor that computes metrics once the next hour is in."""
+"""The hourly schedule, the sensor that computes metrics once the next hour is in, and the one
+that analyses a day once its last hour's metrics are final."""
 
 from datetime import date, datetime, timedelta
 
 import dagster as dg
 
 from expo_platform.core.hours import ONE_HOUR, hour_key, parse_hour, truncate_hour
-from expo_platform.settings import load_settings
+from expo_platform.settings import Settings
 from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
 
 CATCH_UP_HOURS = 6  # a daemon down for a few hours catches up by itself
@@ -17,55 +18,63 @@ def complete_hours(now: datetime, grace: timedelta, count: int) -> list[datetime
     return [newest - ONE_HOUR * back for back in range(count - 1, -1, -1)]
 
 
-_SETTINGS = load_settings()
-_GRACE_MINUTES = _SETTINGS.landing_grace_minutes % 60
-_EVERY = _SETTINGS.ingest_every_minutes
-# Once an hour at the grace minute, or every few minutes (a complete hour is then ingested
-# within that many minutes of its grace; `make up`'s loop test uses 1).
-_CRON = f"{_GRACE_MINUTES} * * * *" if not 0 < _EVERY < 60 else f"*/{_EVERY} * * * *"
-_SCHEDULE_STATUS = dg.DefaultScheduleStatus(_SETTINGS.hourly_schedule.upper())
+def ingest_cron(settings: Settings) -> str:
+    """Once an hour at the grace minute, or every few minutes (a complete hour is then
+    ingested within that many minutes of its grace; `make up`'s loop test uses 1)."""
+    every = settings.batch.ingest_every_minutes
+    if 0 < every < 60:
+        return f"*/{every} * * * *"
+    return f"{settings.batch.landing_grace_minutes % 60} * * * *"
 
 
-@dg.schedule(
-    job=hourly_ingest_job,
-    cron_schedule=_CRON,
-    execution_timezone="UTC",
-    default_status=_SCHEDULE_STATUS,
-    description="Ingests the newest complete hours that are not materialized yet.",
-)
-def hourly_ingest_schedule(context: dg.ScheduleEvaluationContext):
-    """Request an ingest run for each complete, not yet ingested hour of the last few."""
-    settings = load_settings()
-    done = context.instance.get_materialized_partitions(dg.AssetKey("sessions"))
-    hours = complete_hours(
-        context.scheduled_execution_time,
-        timedelta(minutes=settings.landing_grace_minutes),
-        CATCH_UP_HOURS,
+def build_schedules(settings: Settings) -> list:
+    """The hourly ingest schedule and the sensor that computes an hour's metrics once the
+    next hour is ingested, for the partitions and grace of `settings`."""
+    batch = settings.batch
+
+    @dg.schedule(
+        job=hourly_ingest_job,
+        cron_schedule=ingest_cron(settings),
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus(batch.hourly_schedule.upper()),
+        description="Ingests the newest complete hours that are not materialized yet.",
     )
-    wanted = [h for h in hours if h >= settings.partitions_start and hour_key(h) not in done]
-    if not wanted:
-        return dg.SkipReason("every complete hour is ingested")
-    return [
-        dg.RunRequest(run_key=f"ingest-{hour_key(h)}", partition_key=hour_key(h)) for h in wanted
-    ]
+    def hourly_ingest_schedule(context: dg.ScheduleEvaluationContext):
+        """Request an ingest run for each complete, not yet ingested hour of the last few."""
+        done = context.instance.get_materialized_partitions(dg.AssetKey("sessions"))
+        hours = complete_hours(
+            context.scheduled_execution_time,
+            timedelta(minutes=batch.landing_grace_minutes),
+            CATCH_UP_HOURS,
+        )
+        wanted = [h for h in hours if h >= batch.partitions_start and hour_key(h) not in done]
+        if not wanted:
+            return dg.SkipReason("every complete hour is ingested")
+        return [
+            dg.RunRequest(run_key=f"ingest-{hour_key(h)}", partition_key=hour_key(h))
+            for h in wanted
+        ]
 
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[hourly_ingest_job],
+        request_job=hourly_metrics_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="When hour H is ingested, the metrics of H-1 are final: compute them.",
+    )
+    def metrics_after_ingest(context: dg.RunStatusSensorContext):
+        """Request the metrics of the hour before the one just ingested."""
+        key = context.dagster_run.tags.get("dagster/partition")
+        if not key:
+            return dg.SkipReason("the ingest run had no partition")
+        previous = parse_hour(key) - ONE_HOUR
+        if previous < batch.partitions_start:
+            return dg.SkipReason(f"{key} is the first hour: no hour before it")
+        return dg.RunRequest(
+            run_key=f"metrics-{hour_key(previous)}", partition_key=hour_key(previous)
+        )
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[hourly_ingest_job],
-    request_job=hourly_metrics_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="When hour H is ingested, the metrics of H-1 are final: compute them.",
-)
-def metrics_after_ingest(context: dg.RunStatusSensorContext):
-    """Request the metrics of the hour before the one just ingested."""
-    key = context.dagster_run.tags.get("dagster/partition")
-    if not key:
-        return dg.SkipReason("the ingest run had no partition")
-    previous = parse_hour(key) - ONE_HOUR
-    if previous < load_settings().partitions_start:
-        return dg.SkipReason(f"{key} is the first hour: no hour before it")
-    return dg.RunRequest(run_key=f"metrics-{hour_key(previous)}", partition_key=hour_key(previous))
+    return [hourly_ingest_schedule, metrics_after_ingest]
 
 
 @dg.run_status_sensor(

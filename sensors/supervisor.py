@@ -8,7 +8,7 @@ import time
 
 import dagster as dg
 
-from assets.batch import experiment_metrics
+from assets.batch import METRICS_CHECKS
 from assets.speed import freshness_result, speed_metrics_fresh
 from expo_platform.ops.alerts import Alert
 from expo_platform.ops.supervision import (
@@ -20,22 +20,21 @@ from expo_platform.ops.supervision import (
     restart,
     speed_freshness,
 )
-from expo_platform.settings import Settings, load_settings
-from resources import AlertsResource, ExpoResource, StreamLauncherResource
+from expo_platform.settings import Settings
+from resources import AlertsResource, SettingsParam, StreamLauncherResource
 
 RESTART_JOB = "restart_streaming"
 REASONS_TAG = "expo/reasons"
-_SETTINGS = load_settings()
 
 
 def thresholds(settings: Settings) -> Thresholds:
     """The supervisor's thresholds from the settings."""
     return Thresholds(
-        stuck_task_s=settings.stuck_task_seconds,
-        max_lag=settings.max_kafka_lag,
-        slow_ticks=settings.slow_ticks,
-        trigger_s=settings.stream_trigger_seconds,
-        restarts_per_hour=settings.restarts_per_hour,
+        stuck_task_s=settings.supervisor.stuck_task_seconds,
+        max_lag=settings.supervisor.max_kafka_lag,
+        slow_ticks=settings.supervisor.slow_ticks,
+        trigger_s=settings.stream.trigger_seconds,
+        restarts_per_hour=settings.supervisor.restarts_per_hour,
     )
 
 
@@ -44,10 +43,10 @@ def restart_streaming_app(
     context: dg.OpExecutionContext,
     stream_launcher: StreamLauncherResource,
     alerts: AlertsResource,
-    expo: ExpoResource,
+    settings: SettingsParam,
 ) -> dg.Output:
     reasons = json.loads(context.run.tags.get(REASONS_TAG, "[]"))
-    was_running, app = restart(stream_launcher.launcher(expo.settings()))
+    was_running, app = restart(stream_launcher.launcher(settings))
     context.log.info(f"restarted: pid {app.pid}, old app was running: {was_running}")
     alerts.send(
         Alert(
@@ -81,52 +80,56 @@ def _restart_in_flight(context: dg.SensorEvaluationContext) -> bool:
     return bool(runs)
 
 
-@dg.sensor(
-    job=restart_streaming_job,
-    minimum_interval_seconds=_SETTINGS.supervisor_interval_seconds,
-    # Off unless EXPO_SUPERVISE=on (`make up`): a supervisor that finds no app starts one.
-    default_status=dg.DefaultSensorStatus.RUNNING
-    if _SETTINGS.supervise == "on"
-    else dg.DefaultSensorStatus.STOPPED,
-    description="Watches the streaming app (Spark UI REST API, Kafka lag); restarts it "
-    "when unhealthy, within a budget per hour; alerts.",
-)
-def streaming_supervisor(
-    context: dg.SensorEvaluationContext,
-    alerts: AlertsResource,
-    stream_launcher: StreamLauncherResource,
-    expo: ExpoResource,
-):
-    settings = expo.settings()
-    now = time.time()
-    if _restart_in_flight(context):
-        return dg.SensorResult(
-            skip_reason="a restart of the streaming app is in progress",
-            asset_events=speed_layer_events(settings, now, None),
-        )
-    observation = observe(settings, stream_launcher.launcher(settings), now)
-    events = speed_layer_events(settings, now, observation)
-    decision = decide(observation, thresholds(settings), State.from_cursor(context.cursor), now)
-    context.log.info(decision.summary())
-    context.update_cursor(decision.cursor())
-    if decision.action == "ok":
-        return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
-    if decision.action == "alert" and decision.notify:
-        alerts.send(
-            Alert(
-                "streaming app unhealthy, not restarted",
-                "; ".join(decision.reasons),
-                "critical",
-                {"figures": decision.summary()},
-            )
-        )
-    if decision.action == "alert":
-        return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
-    request = dg.RunRequest(
-        run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",
-        tags={REASONS_TAG: json.dumps(decision.reasons)},
+def build_supervisor(settings: Settings) -> dg.SensorDefinition:
+    """The streaming supervisor sensor, ticking every EXPO_SUPERVISOR_INTERVAL_SECONDS, running
+    from the start when EXPO_SUPERVISE=on."""
+
+    @dg.sensor(
+        job=restart_streaming_job,
+        minimum_interval_seconds=settings.supervisor.interval_seconds,
+        # Off unless EXPO_SUPERVISE=on (`make up`): a supervisor that finds no app starts one.
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if settings.supervisor.supervise == "on"
+        else dg.DefaultSensorStatus.STOPPED,
+        description="Watches the streaming app (Spark UI REST API, Kafka lag); restarts it "
+        "when unhealthy, within a budget per hour; alerts.",
     )
-    return dg.SensorResult(run_requests=[request], asset_events=events)
+    def streaming_supervisor(
+        context: dg.SensorEvaluationContext,
+        alerts: AlertsResource,
+        stream_launcher: StreamLauncherResource,
+    ):
+        now = time.time()
+        if _restart_in_flight(context):
+            return dg.SensorResult(
+                skip_reason="a restart of the streaming app is in progress",
+                asset_events=speed_layer_events(settings, now, None),
+            )
+        observation = observe(settings, stream_launcher.launcher(settings), now)
+        events = speed_layer_events(settings, now, observation)
+        decision = decide(observation, thresholds(settings), State.from_cursor(context.cursor), now)
+        context.log.info(decision.summary())
+        context.update_cursor(decision.cursor())
+        if decision.action == "ok":
+            return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
+        if decision.action == "alert" and decision.notify:
+            alerts.send(
+                Alert(
+                    "streaming app unhealthy, not restarted",
+                    "; ".join(decision.reasons),
+                    "critical",
+                    {"figures": decision.summary()},
+                )
+            )
+        if decision.action == "alert":
+            return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
+        request = dg.RunRequest(
+            run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",
+            tags={REASONS_TAG: json.dumps(decision.reasons)},
+        )
+        return dg.SensorResult(run_requests=[request], asset_events=events)
+
+    return streaming_supervisor
 
 
 def _observation(asset: str, **figures) -> dg.AssetObservation:
@@ -141,7 +144,7 @@ def speed_layer_events(settings: Settings, now: float, seen: Observation | None)
     freshness (from the stream's own files), the rates the Spark UI gave (`seen`), the lag,
     the newest landed hour, and the freshness check."""
     fresh = speed_freshness(settings)
-    landed = sorted(p.name for p in settings.landing_dir.glob("hour=*"))
+    landed = sorted(p.name for p in settings.lake.landing_dir.glob("hour=*"))
     check = freshness_result(fresh, settings, now)
     ui = seen or Observation()
     return [
@@ -189,7 +192,7 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertsReso
 
 
 # A failed blocking check fails its run, which `alert_on_run_failure` reports; these do not.
-NON_BLOCKING_CHECKS = [spec.key for spec in experiment_metrics.check_specs if not spec.blocking]
+NON_BLOCKING_CHECKS = [spec.key for spec in METRICS_CHECKS if not spec.blocking]
 TICK_CHECKS = list(speed_metrics_fresh.check_keys)  # evaluated every supervisor tick
 CHECK_HISTORY = 100  # newest evaluations read per check and tick
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from expo_platform.settings import Settings, load_settings
+from expo_platform.settings import Settings
 from expo_platform.spark import get_spark
+from tests.helpers import lake_settings
 
 # Fixture modules: their fixtures (postgres_url, kafka, zookeeper, mailbox, webhook) reach
 # every test module without an import.
@@ -42,7 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def session_lake(tmp_path_factory) -> Settings:
     """Settings of the lake that the session's Spark (and its Derby metastore) starts with."""
     root = tmp_path_factory.mktemp("session-lake")
-    return load_settings({}, lake=root, dagster_home=root / "dagster")
+    return lake_settings(root, root / "dagster")
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +59,6 @@ def settings(tmp_path, session_lake) -> Settings:
     """Settings of a fresh, empty lake for one test (the Hive metastore stays the session's)."""
     lake = tmp_path / "lake"
     lake.mkdir()
-    return load_settings(
-        {},
-        lake=lake,
-        metric_store=f"sqlite:///{lake / 'metrics.sqlite'}",
-        dagster_home=tmp_path / "dagster",
-        spark_conf=session_lake.spark_conf,
+    return lake_settings(lake, tmp_path / "dagster", lake / "metrics.sqlite").replace(
+        spark={"conf": session_lake.spark.conf}
     )

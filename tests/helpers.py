@@ -49,13 +49,11 @@ def supervisor_tick(
 ):
     """Evaluate one tick of `streaming_supervisor` with the resources of `defs`: its skip
     reason or run request and its cursor; the asset events it records go to `events`."""
-    from sensors.supervisor import streaming_supervisor
-
-    names = ("alerts", "stream_launcher", "expo")
+    names = ("alerts", "stream_launcher", "settings")
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={n: defs.resources[n] for n in names}
     )
-    result = streaming_supervisor(context)
+    result = defs.resolve_sensor_def("streaming_supervisor")(context)
     if events is not None:
         events.extend(result.asset_events)
     outcome = result.run_requests[0] if result.run_requests else result.skip_reason
@@ -84,20 +82,23 @@ def stream_env(tmp_path: Path, kafka, zookeeper, topic: str, mailbox, webhook) -
     }
 
 
+def lake_settings(lake: Path, dagster_home: Path, store: Path | None = None) -> Settings:
+    """Settings of a lake and Dagster home (and SQLite store: the lake's when None)."""
+    environ = {"EXPO_LAKE": str(lake), "DAGSTER_HOME": str(dagster_home)}
+    if store is not None:
+        environ["EXPO_METRIC_STORE"] = f"sqlite:///{store}"
+    return load_settings(environ)
+
+
 def generated_lake(root: Path, spark_conf: dict, config) -> tuple[Settings, object]:
     """Settings of a fresh lake and store under `root`, with `config`'s traffic landed, and
     the generator's report of what it wrote."""
     from expo_platform.devtools.generator import write_landing
 
-    settings = load_settings(
-        {},
-        lake=root / "lake",
-        metric_store=f"sqlite:///{root / 'metrics.sqlite'}",
-        dagster_home=root / "dagster",
-        spark_conf=spark_conf,
-        max_reject_rate=0.5,
+    settings = lake_settings(root / "lake", root / "dagster", root / "metrics.sqlite").replace(
+        spark={"conf": spark_conf}, batch={"max_reject_rate": 0.5}
     )
-    return settings, write_landing(config, settings.landing_dir, progress=lambda *_: None)
+    return settings, write_landing(config, settings.lake.landing_dir, progress=lambda *_: None)
 
 
 @contextmanager
@@ -106,8 +107,8 @@ def in_dagster_home(settings: Settings) -> Iterator[None]:
     from expo_platform.ops.dagster_home import prepare_dagster_home
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(settings.dagster_home))
-        mp.setenv("EXPO_LAKE", str(settings.lake))
-        mp.setenv("EXPO_METRIC_STORE", settings.metric_store)
+        mp.setenv("DAGSTER_HOME", str(settings.local.dagster_home))
+        mp.setenv("EXPO_LAKE", str(settings.lake.root))
+        mp.setenv("EXPO_METRIC_STORE", settings.lake.metric_store)
         prepare_dagster_home(settings, PROJECT)
         yield

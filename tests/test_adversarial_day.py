@@ -43,12 +43,12 @@ CONFIG = GeneratorConfig(
 def adversarial_day(tmp_path_factory, session_lake, spark):
     """The finished day, analysed by the batch layer, and the oracle's counted beacons."""
     settings, report = generated_lake(
-        tmp_path_factory.mktemp("adversarial"), session_lake.spark_conf, CONFIG
+        tmp_path_factory.mktemp("adversarial"), session_lake.spark.conf, CONFIG
     )
     with in_dagster_home(settings):
         done = run_batch(build_defs(settings), FIRST, LAST, progress=lambda line: None)
         instance = dg.DagsterInstance.get()
-    beacons = reference.load_counted(settings.landing_dir)
+    beacons = reference.load_counted(settings.lake.landing_dir)
     yield settings, done, instance, report, beacons
 
 
@@ -82,7 +82,7 @@ def test_the_traffic_holds_every_trap(adversarial_day):
 def test_hourly_metrics_equal_the_oracle(adversarial_day):
     settings, _, _, _, beacons = adversarial_day
     expected = reference.hourly_metrics(beacons)
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         stored = store.values(layer="batch")
     assert set(stored) == set(expected)
     for key, want in expected.items():
@@ -113,7 +113,7 @@ def test_visitor_daily_adds_up_and_equals_the_oracle_per_visitor(adversarial_day
                     compared += 1
     assert compared > 7 * 1000
     # And the per-visitor sums of each key add up to its hourly metrics over the day.
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         hourly = defaultdict(float)
         for (metric, *key, _), value in store.values(layer="batch").items():
             hourly[(*key, metric)] += value

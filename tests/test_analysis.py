@@ -38,13 +38,13 @@ def analysed(tmp_path_factory, session_lake, spark):
     """A lake whose day 2026-03-02 has been analysed; speed points of 22:00 are off by 10%."""
     config = GeneratorConfig(start=FIRST, hours=3, visitors=1500, seed=11, dirty_fraction=0.01)
     settings, _ = generated_lake(
-        tmp_path_factory.mktemp("analysis"), session_lake.spark_conf, config
+        tmp_path_factory.mktemp("analysis"), session_lake.spark.conf, config
     )
     with in_dagster_home(settings):
         defs = build_defs(settings)
         done = run_batch(defs, FIRST, LAST, progress=lambda line: None)
         # The speed layer's view of 22:00: every orders point 10% high.
-        with MetricStore(settings.metric_store) as store:
+        with MetricStore(settings.lake.metric_store) as store:
             batch = store.query(
                 layer="batch", hour_from="2026-03-02T22:00:00Z", hour_to="2026-03-02T22:00:00Z"
             )
@@ -67,7 +67,7 @@ def analysed(tmp_path_factory, session_lake, spark):
 def _store_sums(settings) -> dict:
     """Day totals per (experiment, variant, population, metric) from the hourly batch points."""
     sums = defaultdict(float)
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         for p in store.query(layer="batch"):
             if p.metric in VISITOR_METRICS:
                 sums[(p.experiment, p.variant, p.population, p.metric)] += p.value
@@ -181,7 +181,7 @@ def test_a_failed_reconciliation_check_is_alerted_once(analysed, mailbox, webhoo
 
 def test_expo_scorecard_command(analysed, capsys, monkeypatch):
     settings, _, _ = analysed
-    monkeypatch.setenv("EXPO_LAKE", str(settings.lake))
+    monkeypatch.setenv("EXPO_LAKE", str(settings.lake.root))
     argv = ["scorecard", "--experiment", "checkout-button", "--format", "json"]
     assert cli.main(argv) == 0
     card = json.loads(capsys.readouterr().out)
@@ -220,7 +220,7 @@ def test_visitor_daily_that_does_not_add_up_stops_the_scorecards_and_alerts(
     assert evaluation.metadata["keys_checked"].value == 14
     # One visit more in the store than the day's visitors have: either table may be wrong,
     # and the scorecards must not be built on it.
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         (point,) = store.query(
             layer="batch",
             experiment="checkout-button",
@@ -236,7 +236,7 @@ def test_visitor_daily_that_does_not_add_up_stops_the_scorecards_and_alerts(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False
         )
     finally:
-        with MetricStore(settings.metric_store) as store:
+        with MetricStore(settings.lake.metric_store) as store:
             store.upsert([point])
     assert not result.success
     evaluation, run_id = _latest_evaluation(instance, VISITOR_SUMS_CHECK)

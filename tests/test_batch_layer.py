@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -75,15 +74,15 @@ def write_landing(settings, hour, lines, name="part-0.json") -> Path:
 @pytest.fixture
 def batch_env(settings, monkeypatch):
     """A lake, a metric store and a Dagster instance for `run_batch`, all under tmp_path."""
-    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.local.dagster_home))
     monkeypatch.delenv("EXPO_METRIC_STORE", raising=False)
     prepare_dagster_home(settings, PROJECT)
     # the hand-built hours are a third rejects; the blocking check has its own test
-    return dataclasses.replace(settings, max_reject_rate=0.5)
+    return settings.replace(batch={"max_reject_rate": 0.5})
 
 
 def values(settings, layer="batch", quality=False) -> dict:
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         return store.values(layer=layer, quality=quality)
 
 
@@ -225,9 +224,9 @@ def test_late_file_then_rerun_equals_one_clean_run(batch_env, spark, tmp_path):
     with_late = (values(settings), values(settings, quality=True))
 
     clean_lake = tmp_path / "clean"
-    shutil.copytree(settings.landing_dir, clean_lake / "landing" / "beacons")
-    clean = dataclasses.replace(
-        settings, lake=clean_lake, metric_store=f"sqlite:///{clean_lake / 'm.sqlite'}"
+    shutil.copytree(settings.lake.landing_dir, clean_lake / "landing" / "beacons")
+    clean = settings.replace(
+        lake={"root": clean_lake, "metric_store": f"sqlite:///{clean_lake / 'm.sqlite'}"}
     )
     run_batch(build_defs(clean), H0, H2, progress=lambda line: None)
     assert (values(clean), values(clean, quality=True)) == with_late
@@ -264,7 +263,7 @@ def test_metrics_need_the_next_hour(batch_env, spark):
     process_beacons(spark, settings, H0)
     process_sessions(spark, settings, H0)
     with (
-        MetricStore(settings.metric_store) as store,
+        MetricStore(settings.lake.metric_store) as store,
         pytest.raises(ExpoError, match="of 2026-03-02T00 need the sessions of 2026-03-02T01"),
     ):
         process_metrics(spark, settings, store, H0)
@@ -283,7 +282,7 @@ def test_hours_without_landing_files_are_empty_hours(batch_env, spark):
     write_landing(settings, H1, SCENARIO[H1])
     process_beacons(spark, settings, H1)
     process_sessions(spark, settings, H1)
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         assert process_metrics(spark, settings, store, H0).counts["points"] == 0
         assert process_metrics(spark, settings, store, H1).counts["points"] > 0
         got = {
@@ -309,14 +308,14 @@ def test_visitors_24h_of_an_hour_whose_beacons_were_redone_come_from_the_new_bea
         process_beacons(spark, settings, hour)
         process_sessions(spark, settings, hour)
     key = ("visitors_24h", "exp", "A", "assigned", hour_iso(H1))
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         process_metrics(spark, settings, store, H1)
     assert values(settings)[key] == 2.0  # v1, v3
 
     write_landing(settings, H0, [beacon("L8", "v8", "s8", ts(H0, 30))], name="part-late.json")
     process_beacons(spark, settings, H0)
     assert not lake.has_partition(settings, "visitor_sketches", H0)
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         process_metrics(spark, settings, store, H1)
         assert values(settings)[key] == 3.0  # and v8
         process_sessions(spark, settings, H0)

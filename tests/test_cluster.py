@@ -304,13 +304,13 @@ def test_the_supervisor_restarts_the_streaming_app_on_the_cluster(
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("EXPO_SPARK_CONF", raising=False)
     settings = load_settings()
-    settings.lake.mkdir()
+    settings.lake.root.mkdir()
     defs = build_defs(settings)
     launcher = defs.resources["stream_launcher"].launcher(settings)
     assert isinstance(launcher, SparkSubmitLauncher)
 
     def committed() -> int:
-        with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
+        with ZkOffsets(settings.stream.zookeeper, settings.stream.consumer) as zk:
             return sum(zk.read(topic).values())
 
     def running() -> list[str]:

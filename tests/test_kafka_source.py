@@ -186,9 +186,11 @@ def test_starting_offsets_forms():
 
 def test_builtin_kafka_options_carry_zookeeper_offsets(settings):
     options = builtin_kafka_options(settings, {1: 40, 0: 12}, maxOffsetsPerTrigger=1000)
-    assert options["kafka.bootstrap.servers"] == settings.kafka_bootstrap
-    assert options["subscribe"] == settings.kafka_topic
-    assert json.loads(options["startingOffsets"]) == {settings.kafka_topic: {"0": 12, "1": 40}}
+    assert options["kafka.bootstrap.servers"] == settings.stream.kafka_bootstrap
+    assert options["subscribe"] == settings.stream.kafka_topic
+    assert json.loads(options["startingOffsets"]) == {
+        settings.stream.kafka_topic: {"0": 12, "1": 40}
+    }
     assert options["maxOffsetsPerTrigger"] == "1000"
     assert builtin_kafka_options(settings, {})["startingOffsets"] == "earliest"
 

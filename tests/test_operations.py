@@ -15,6 +15,7 @@ from expo_platform.errors import ExpoError
 from expo_platform.ops.alerts import Alert, Channels, send
 from expo_platform.ops.services import free_port
 from expo_platform.ops.supervision import Observation, State, Thresholds, decide
+from expo_platform.settings import load_settings, settings_environ
 from sensors.batch_runner import run_batch
 from sensors.late_data import late_data_sensor
 from sensors.supervisor import alert_on_run_failure
@@ -192,7 +193,9 @@ def test_redo_plan_covers_visits_and_metrics_that_read_the_hour():
 
 
 def _sensor_requests(instance, defs) -> list[dg.RunRequest]:
-    context = dg.build_sensor_context(instance=instance, resources={"expo": defs.resources["expo"]})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"settings": defs.resources["settings"]}
+    )
     result = late_data_sensor(context)
     return result if isinstance(result, list) else []
 
@@ -232,12 +235,17 @@ def test_late_data_sensor_redoes_a_changed_hour_and_what_depends_on_it(batch_env
 def test_a_failed_run_is_alerted(batch_env, mailbox, webhook, monkeypatch):  # noqa: F811
     settings = batch_env
     write_landing(settings, H0, [beacon("a1", "v1", "s1", ts(H0, 1)), "{bad", "{bad2", "[]"])
-    monkeypatch.setenv("EXPO_ALERT_SMTP", mailbox.address)
-    monkeypatch.setenv("EXPO_ALERT_EMAIL_TO", "oncall@example.com")
+    # The webhook URL is a secret: the settings know it is set, Dagster reads it at run time.
     monkeypatch.setenv("EXPO_ALERT_WEBHOOK_URL", webhook.url)
-    from expo_platform.settings import load_settings
-
-    strict = load_settings(lake=settings.lake, metric_store=settings.metric_store)
+    strict = load_settings(
+        {
+            **settings_environ(settings),
+            "EXPO_MAX_REJECT_RATE": "0.1",
+            "EXPO_ALERT_SMTP": mailbox.address,
+            "EXPO_ALERT_EMAIL_TO": "oncall@example.com",
+            "EXPO_ALERT_WEBHOOK_URL": webhook.url,
+        }
+    )
     defs = build_defs(strict)
     with pytest.raises(ExpoError, match="blocking asset check failed"):
         run_batch(defs, H0, H0, progress=lambda line: None)

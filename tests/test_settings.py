@@ -20,11 +20,11 @@ from expo_platform.speed.stream import stream_spark_config
 
 def test_defaults_run_on_one_machine(tmp_path):
     s = load_settings({"EXPO_HOME": str(tmp_path)})
-    assert s.lake == tmp_path / "lake"
-    assert s.metric_store == f"sqlite:///{tmp_path / 'lake' / 'metrics.sqlite'}"
-    assert s.spark_master == "local[*]"
-    assert hour_iso(s.partitions_start) == "2026-01-01T00:00:00Z"
-    assert s.dagster_home == tmp_path / ".dagster_home"
+    assert s.lake.root == tmp_path / "lake"
+    assert s.lake.metric_store == f"sqlite:///{tmp_path / 'lake' / 'metrics.sqlite'}"
+    assert s.spark.master == "local[*]"
+    assert hour_iso(s.batch.partitions_start) == "2026-01-01T00:00:00Z"
+    assert s.local.dagster_home == tmp_path / ".dagster_home"
     conf = s.spark_config()
     assert conf["spark.serializer"] == "org.apache.spark.serializer.KryoSerializer"
     assert (
@@ -42,12 +42,12 @@ def test_environment_overrides(tmp_path):
         "EXPO_MAX_REJECT_RATE": "0.25",
     }
     s = load_settings(env)
-    assert s.lake == tmp_path / "elsewhere"
-    assert s.metric_store.startswith("postgresql+psycopg://")
+    assert s.lake.root == tmp_path / "elsewhere"
+    assert s.lake.metric_store.startswith("postgresql+psycopg://")
     assert s.spark_config()["spark.master"] == "spark://127.0.0.1:7077"
     assert s.spark_config()["spark.ui.port"] == "4050"
-    assert hour_key(s.partitions_start) == "2026-03-01-05"
-    assert s.max_reject_rate == 0.25
+    assert hour_key(s.batch.partitions_start) == "2026-03-01-05"
+    assert s.batch.max_reject_rate == 0.25
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_invalid_values_raise_one_clear_error(env, message):
 
 def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for env, _, _ in SETTINGS_DOC:
+    for _, env, _, _ in SETTINGS_DOC:
         assert f"`{env}`" in readme
 
 
@@ -110,12 +110,12 @@ def test_relative_paths_are_anchored_at_one_home_whatever_the_working_folder(tmp
         seen.append(load_settings({**env, "EXPO_HOME": str(tmp_path / "home")}))
     first, second = seen
     assert first == second
-    assert first.lake == tmp_path / "home" / "data" / "lake"
-    assert first.metric_store == f"sqlite:///{tmp_path / 'home' / 'store' / 'm.sqlite'}"
-    assert first.services_dir == tmp_path / "home" / ".services"
+    assert first.lake.root == tmp_path / "home" / "data" / "lake"
+    assert first.lake.metric_store == f"sqlite:///{tmp_path / 'home' / 'store' / 'm.sqlite'}"
+    assert first.local.services_dir == tmp_path / "home" / ".services"
     # Without EXPO_HOME: the project folder of this checkout, not the working folder.
     project = Path(__file__).resolve().parent.parent
-    assert load_settings({}).lake == project / "lake"
+    assert load_settings({}).lake.root == project / "lake"
     # A child process given path_env resolves exactly the same places.
     assert load_settings(path_env(first)) == first
-    assert resolved_paths(first)["landing zone"] == str(first.lake / "landing" / "beacons")
+    assert resolved_paths(first)["landing zone"] == str(first.lake.root / "landing" / "beacons")

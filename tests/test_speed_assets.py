@@ -22,7 +22,8 @@ def _progress(settings, key: str, max_ts: int | None) -> None:
 
 
 def test_the_stream_and_its_outputs_are_assets_upstream_of_the_batch_layer(settings):
-    graph = build_defs(settings).resolve_asset_graph()
+    with dg.instance_for_test():  # resolving reads the current instance's definitions state
+        graph = build_defs(settings).resolve_asset_graph()
     key = dg.AssetKey
     assert graph.get(key("landing_zone")).parent_keys == {key("kafka_beacons")}
     assert graph.get(key("speed_metrics")).parent_keys == {key("kafka_beacons")}
@@ -41,7 +42,9 @@ def test_freshness_follows_the_newest_micro_batch(settings):
     assert fresh.last_batch == "0000-00000010" and fresh.messages == 12
     result = freshness_result(fresh, settings, now)
     assert result.passed is True and result.metadata["behind_minutes"].value == 3.0
-    later = freshness_result(fresh, settings, now + (settings.speed_stale_minutes - 2) * 60)
+    later = freshness_result(
+        fresh, settings, now + (settings.supervisor.speed_stale_minutes - 2) * 60
+    )
     assert later.passed is False  # 3 + 15 - 2 = 16 minutes behind
     assert "16.0 min behind the clock (limit 15 min)" in later.description
 

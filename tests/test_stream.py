@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -39,13 +38,12 @@ from expo_platform.errors import ExpoError
 from expo_platform.ops.dagster_home import prepare_dagster_home
 from expo_platform.ops.services import ensure_topic
 from expo_platform.serving.store import MetricStore
-from expo_platform.settings import load_settings
 from expo_platform.speed.offsets import ZkOffsets
 from expo_platform.speed.stream import MicroBatch, StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
 from tests import clickstream as cs
 from tests.fixtures_services import unique_topic
-from tests.helpers import landed_lines
+from tests.helpers import lake_settings, landed_lines
 from tests.test_batch_layer import PROJECT
 
 START = parse_hour("2026-03-02T10")
@@ -58,21 +56,20 @@ STEPS = ("read_dedup", "land", "counted_write", "quality", "sessions", "metrics"
 
 
 def stream_settings(settings, kafka, zookeeper, topic, **overrides):
-    values = {
+    stream = {
         "kafka_bootstrap": kafka.address,
         "kafka_topic": topic,
         "zookeeper": zookeeper.address,
-        "stream_consumer": f"c-{topic}",
+        "consumer": f"c-{topic}",
         "kafka_end_offsets": "probe",
-        "stream_max_offsets": 1500,
-        "stream_watermark_minutes": 30,
-        "max_reject_rate": 0.5,
+        "max_offsets": 1500,
+        "watermark_minutes": 30,
     }
-    return dataclasses.replace(settings, **(values | overrides))
+    return settings.replace(stream=stream | overrides, batch={"max_reject_rate": 0.5})
 
 
 def points(settings, layer: str) -> dict:
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         return store.values(layer=layer, quality=None)
 
 
@@ -82,7 +79,7 @@ def assert_speed_equals_batch(conf, batch: dict, traffic: list[str]) -> dict:
     once the stream has passed START + 2) have the batch layer's experiment metrics over
     those lines (`batch_points`); visitors_24h, an estimate from sketches, within the 2%
     METRICS.md allows. Returns the speed layer's points."""
-    assert set(landed_lines(conf.landing_dir, STREAM_FILES)) == set(traffic)
+    assert set(landed_lines(conf.lake.landing_dir, STREAM_FILES)) == set(traffic)
     speed = points(conf, "speed")
     final_hours = {hour_iso(START), hour_iso(START + timedelta(hours=1))}
     compared = 0
@@ -114,17 +111,13 @@ def batch_points(spark, session_lake, tmp_path_factory, traffic) -> dict:
     """
     root = tmp_path_factory.mktemp("batch-of-the-traffic")
     (root / "lake").mkdir()
-    conf = load_settings(
-        {},
-        lake=root / "lake",
-        metric_store=f"sqlite:///{root / 'metrics.sqlite'}",
-        dagster_home=root / "dagster",
-        spark_conf=session_lake.spark_conf,
+    conf = lake_settings(root / "lake", root / "dagster", root / "metrics.sqlite").replace(
+        spark={"conf": session_lake.spark.conf}
     )
-    write_landing(TRAFFIC, conf.landing_dir)
-    assert Counter(landed_lines(conf.landing_dir)) == Counter(traffic)
+    write_landing(TRAFFIC, conf.lake.landing_dir)
+    assert Counter(landed_lines(conf.lake.landing_dir)) == Counter(traffic)
     with pytest.MonkeyPatch.context() as patched:
-        patched.setenv("DAGSTER_HOME", str(conf.dagster_home))
+        patched.setenv("DAGSTER_HOME", str(conf.local.dagster_home))
         prepare_dagster_home(conf, PROJECT)
         run_batch(build_defs(conf), START, START + timedelta(hours=1), progress=lambda line: None)
     return points(conf, "batch")
@@ -146,10 +139,10 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     assert report.batches >= 3  # maxOffsetsPerTrigger splits the backlog
 
     # Every message reached the landing zone, once.
-    assert Counter(landed_lines(conf.landing_dir, STREAM_FILES)) == Counter(traffic)
+    assert Counter(landed_lines(conf.lake.landing_dir, STREAM_FILES)) == Counter(traffic)
 
     # The offsets committed to ZooKeeper are the end of the topic.
-    with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
+    with ZkOffsets(conf.stream.zookeeper, conf.stream.consumer) as zk:
         assert sum(zk.read(topic).values()) == len(traffic)
 
     speed = assert_speed_equals_batch(conf, batch_points, traffic)
@@ -315,7 +308,7 @@ def test_rolling_visitors_count_exactly_the_window_s_edges(spark, settings, newe
     sketches = visitor_sketches(beacons, "hourly_partitioner")
     sketches.write.partitionBy("hourly_partitioner").parquet(str(files.sketches_dir))
 
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         MicroBatch(settings, store, lambda offsets: None)._rolling(spark, newest, key)
     rolling = points(settings, "speed")
     stamp = datetime.fromtimestamp((end - cs.MIN) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
@@ -339,7 +332,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     ahead = json.loads(first[5]) | {"event_id": "ahead-1", "ts": newest + 3 * 3_600_000}
     first = [*first, json.dumps(ahead)]
     produce_lines(kafka.address, topic, first)
-    conf = stream_settings(settings, kafka, zookeeper, topic, stream_max_offsets=0)
+    conf = stream_settings(settings, kafka, zookeeper, topic, max_offsets=0)
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     before = points(conf, "speed")
 
@@ -376,7 +369,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
 
     # The late and the invalid-but-dated beacons reach the landing zone: the batch layer
     # decides about them. The undatable ones are in the quarantine with their reason.
-    landed = landed_lines(conf.landing_dir, "stream-0000-00000001-*.json")
+    landed = landed_lines(conf.lake.landing_dir, "stream-0000-00000001-*.json")
     assert set(landed) == {bad[0], bad[1], bad[-1]}
     quarantine = spark.read.parquet(str(StreamFiles(conf).quarantine_dir / "batch=0000-00000001"))
     reasons = sorted((r["reason"], r["raw"][:20]) for r in quarantine.collect())
@@ -386,7 +379,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         ("malformed_json", "{" * 20),
         ("missing_field", bad[2][:20]),
     ]
-    with ZkOffsets(conf.zookeeper, conf.stream_consumer) as zk:
+    with ZkOffsets(conf.stream.zookeeper, conf.stream.consumer) as zk:
         assert sum(zk.read(topic).values()) == len(first) + len(bad)
 
     # The checkpoint is lost: the next start resumes from ZooKeeper's offsets (a new epoch),

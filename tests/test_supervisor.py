@@ -34,7 +34,7 @@ LINES = [
 def _kill(launcher: LocalLauncher, settings) -> None:
     """kill -9 the app and its JVM (its process group), as a crash would."""
     os.killpg(launcher.recorded().pid, signal.SIGKILL)
-    ui = f"127.0.0.1:{settings.stream_ui_port}"
+    ui = f"127.0.0.1:{settings.stream.ui_port}"
     wait(lambda: not launcher.alive() and not observe_ui(ui, 0).ui_reachable, 60, "the app to go")
 
 
@@ -57,18 +57,18 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
-    settings.lake.mkdir()
+    settings.lake.root.mkdir()
     defs = build_defs(settings)
     launcher = LocalLauncher(settings)
     launcher.start()
     try:
 
         def caught_up() -> bool:
-            with ZkOffsets(settings.zookeeper, settings.stream_consumer) as zk:
+            with ZkOffsets(settings.stream.zookeeper, settings.stream.consumer) as zk:
                 return sum(zk.read(topic).values()) == len(LINES)
 
         wait(caught_up, 180, "the app to commit every offset")
-        seen = observe_ui(f"127.0.0.1:{settings.stream_ui_port}", time.time())
+        seen = observe_ui(f"127.0.0.1:{settings.stream.ui_port}", time.time())
         assert seen.ui_reachable and seen.app_running and seen.app_id
         assert seen.succeeded_jobs > 0 and seen.failed_jobs == 0
 
@@ -102,7 +102,7 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
             restart = defs.resolve_job_def("restart_streaming")
             assert restart.execute_in_process(instance=instance, tags=request.tags).success
             assert launcher.alive()
-            after = observe_ui(f"127.0.0.1:{settings.stream_ui_port}", time.time())
+            after = observe_ui(f"127.0.0.1:{settings.stream.ui_port}", time.time())
             assert after.app_running and after.app_id
             mailbox.wait_for(1)
             assert mailbox.subjects() == ["[expo warning] streaming app restarted"]

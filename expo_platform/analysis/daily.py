@@ -48,13 +48,13 @@ def slug(name: str) -> str:
 def scorecard_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
     """Where the scorecard of a day (cumulative up to it) is kept."""
     name = f"{slug(experiment)}.{slug(population)}.json"
-    return settings.reports_dir / "scorecards" / f"day={day.isoformat()}" / name
+    return settings.lake.reports_dir / "scorecards" / f"day={day.isoformat()}" / name
 
 
 def trend_report_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
     """Where the trend report of a day is kept."""
     name = f"{slug(experiment)}.{slug(population)}.html"
-    return settings.reports_dir / "trends" / f"day={day.isoformat()}" / name
+    return settings.lake.reports_dir / "trends" / f"day={day.isoformat()}" / name
 
 
 def days_up_to(settings: Settings, last: date, first: date | None = None) -> list[date]:
@@ -71,7 +71,7 @@ def build_scorecard(
     rows: pd.DataFrame, settings: Settings, experiment: str, population: str, days: list[date]
 ) -> dict:
     """The scorecard document: what, over which days, then the statistics."""
-    card = stats.scorecard(rows, weights=settings.srm_weights_for(experiment))
+    card = stats.scorecard(rows, weights=settings.batch.srm_weights_for(experiment))
     return {
         "experiment": experiment,
         "population": population,

@@ -127,7 +127,9 @@ def write_quality(
 def _require_previous_sessions(settings: Settings, hour: datetime) -> None:
     """Visits carry across hours, so hour H needs H-1's sessions unless H-1 had no data."""
     previous = hour - ONE_HOUR
-    if previous < settings.partitions_start or lake.has_partition(settings, "sessions", previous):
+    if previous < settings.batch.partitions_start or lake.has_partition(
+        settings, "sessions", previous
+    ):
         return
     if lake.landing_files(settings, previous):
         raise ExpoError(

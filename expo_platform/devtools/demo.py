@@ -86,12 +86,14 @@ def run(settings: Settings) -> None:
     last = DEMO_START + timedelta(hours=DEMO_HOURS - 1)
     print(
         f"1/4 generating {DEMO_HOURS} hours of traffic from {DEMO_VISITORS:,} visitors "
-        f"into {settings.landing_dir}"
+        f"into {settings.lake.landing_dir}"
     )
     config = GeneratorConfig(
         start=DEMO_START, hours=DEMO_HOURS, visitors=DEMO_VISITORS, seed=7, dirty_fraction=0.02
     )
-    report = write_landing(config, settings.landing_dir, progress=lambda line: print("   ", line))
+    report = write_landing(
+        config, settings.lake.landing_dir, progress=lambda line: print("   ", line)
+    )
     print(f"    {sum(report.lines_by_hour.values()):,} lines written")
 
     print(
@@ -103,7 +105,7 @@ def run(settings: Settings) -> None:
     run_batch(build_defs(settings), DEMO_START, last, progress=lambda line: print("   ", line))
 
     print("3/4 summary per experiment and variant, assigned population, whole day")
-    with MetricStore(settings.metric_store) as store:
+    with MetricStore(settings.lake.metric_store) as store:
         points = store.query(layer="batch", hour_from=hour_iso(DEMO_START), hour_to=hour_iso(last))
         quality = store.query(
             layer="batch", quality=True, hour_from=hour_iso(DEMO_START), hour_to=hour_iso(last)

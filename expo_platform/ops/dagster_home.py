@@ -53,7 +53,7 @@ def set_pool_limits(home: Path, limits: dict[str, int] = POOL_LIMITS) -> None:
 def ensure_dagster_home(settings: Settings, project: Path, refresh: bool = False) -> Path:
     """The settings' Dagster instance folder, with the project's dagster.yaml in it (copied if
     missing, or always with `refresh`) and the pool limits set."""
-    home = settings.dagster_home
+    home = settings.local.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if refresh or not (home / "dagster.yaml").exists():
         shutil.copy(project / "dagster.yaml", home / "dagster.yaml")

@@ -40,14 +40,14 @@ def _script(name: str) -> list[str]:
 
 def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str], None]) -> None:
     """Start every part of the platform that is not running yet; print where to look."""
-    folder = settings.services_dir
-    _, zk_port = services.parse_address(settings.zookeeper, 2181)
-    _, kafka_port = services.parse_address(settings.kafka_bootstrap, 9092)
+    folder = settings.local.services_dir
+    _, zk_port = services.parse_address(settings.stream.zookeeper, 2181)
+    _, kafka_port = services.parse_address(settings.stream.kafka_bootstrap, 9092)
     services.services_up(
-        folder, zk_port, kafka_port, settings.kafka_topic, services.DEFAULT_PARTITIONS, say
+        folder, zk_port, kafka_port, settings.stream.kafka_topic, services.DEFAULT_PARTITIONS, say
     )
     running = {s.name for s in services.running_services(folder)}
-    settings.lake.mkdir(parents=True, exist_ok=True)
+    settings.lake.root.mkdir(parents=True, exist_ok=True)
     if services.STREAM not in running:
         app = stream_launcher(settings).start()
         say(f"{app.describe()} (started)")
@@ -56,18 +56,18 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             *_script("expo"),
             "generate",
             "--kafka",
-            settings.kafka_bootstrap,
+            settings.stream.kafka_bootstrap,
             "--topic",
-            settings.kafka_topic,
+            settings.stream.kafka_topic,
             "--rate",
-            str(settings.up_rate),
+            str(settings.local.up_rate),
             "--duration",
             str(GENERATOR_SECONDS),
             "--backlog-minutes",
-            str(settings.up_backlog_minutes or backlog_minutes(datetime.now(UTC))),
+            str(settings.local.up_backlog_minutes or backlog_minutes(datetime.now(UTC))),
         ]
         generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
-        say(f"{generator.describe()} (started, {settings.up_rate}/s)")
+        say(f"{generator.describe()} (started, {settings.local.up_rate}/s)")
     if services.DAGSTER not in running:
         from expo_platform.ops.dagster_home import ensure_dagster_home
 
@@ -87,20 +87,22 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
         )
         say(f"{dagster.describe()} (started)")
-    say(f"lake: {settings.lake}")
-    say(f"metric store: {settings.metric_store}")
+    say(f"lake: {settings.lake.root}")
+    say(f"metric store: {settings.lake.metric_store}")
     say(f"Dagster UI: http://127.0.0.1:{dagster_port}")
-    say(f"Spark UI of the streaming app: http://127.0.0.1:{settings.stream_ui_port}")
+    say(f"Spark UI of the streaming app: http://127.0.0.1:{settings.stream.ui_port}")
     say("stop everything with: make down")
 
 
 def down(settings: Settings, say: Callable[[str], None]) -> list[services.Service]:
     """Stop every recorded platform process, newest first."""
-    stopped = services.stop_from_pidfiles(settings.services_dir, names=services.PLATFORM_NAMES)
+    stopped = services.stop_from_pidfiles(
+        settings.local.services_dir, names=services.PLATFORM_NAMES
+    )
     for service in stopped:
         say(f"{service.name} pid={service.pid} stopped")
     if not stopped:
-        say(f"nothing running from {settings.services_dir}")
+        say(f"nothing running from {settings.local.services_dir}")
     return stopped
 
 

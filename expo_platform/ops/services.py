@@ -815,26 +815,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         configure_logging(settings.log_level)
-        folder = settings.services_dir
-        zk_host, zk_port = parse_address(settings.zookeeper, 2181)
-        kafka_host, kafka_port = parse_address(settings.kafka_bootstrap, 9092)
+        folder = settings.local.services_dir
+        zk_host, zk_port = parse_address(settings.stream.zookeeper, 2181)
+        kafka_host, kafka_port = parse_address(settings.stream.kafka_bootstrap, 9092)
         if args.command == "up":
             _local("ZooKeeper", zk_host)
             _local("Kafka", kafka_host)
-            services_up(folder, zk_port, kafka_port, settings.kafka_topic, args.partitions, print)
+            services_up(
+                folder, zk_port, kafka_port, settings.stream.kafka_topic, args.partitions, print
+            )
         elif args.command == "cluster-up":
-            port = settings.cluster_master_port
+            port = settings.local.cluster_master_port
             cluster_up(
                 folder,
                 port,
-                settings.cluster_ui_port,
-                settings.cluster_worker_cores,
-                settings.cluster_worker_memory,
+                settings.local.cluster_ui_port,
+                settings.local.cluster_worker_cores,
+                settings.local.cluster_worker_memory,
                 print,
             )
             print(
                 f"use it with: EXPO_SPARK_MASTER={master_url(port)} "
-                f"EXPO_SPARK_MASTER_UI=127.0.0.1:{settings.cluster_ui_port} "
+                f"EXPO_SPARK_MASTER_UI=127.0.0.1:{settings.local.cluster_ui_port} "
                 "EXPO_STREAM_LAUNCHER=spark-submit"
             )
         elif args.command in ("down", "cluster-down"):

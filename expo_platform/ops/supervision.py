@@ -316,17 +316,17 @@ def kafka_lag(settings: Settings) -> int:
     from expo_platform.speed.offsets import ZkOffsets
 
     ends = topic_end_offsets(settings)
-    with ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer) as zk:
-        committed = zk.read(settings.kafka_topic)
+    with ZkOffsets(settings.stream.zookeeper, settings.stream.offsets_consumer) as zk:
+        committed = zk.read(settings.stream.kafka_topic)
     return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
 
 
 def observe(settings: Settings, launcher: StreamLauncher | None, now: float) -> Observation:
     """Everything `decide` needs: the Spark UI (and the master's, when configured), the lag
     and the launcher's process."""
-    driver_ui = f"127.0.0.1:{settings.stream_ui_port}"
-    if settings.spark_master_ui:
-        obs = observe_master(settings.spark_master_ui, driver_ui, now)
+    driver_ui = f"127.0.0.1:{settings.stream.ui_port}"
+    if settings.spark.master_ui:
+        obs = observe_master(settings.spark.master_ui, driver_ui, now)
     else:
         obs = observe_ui(driver_ui, now)
     if launcher is not None:
@@ -347,7 +347,7 @@ class StreamLauncher:
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
-        self.folder = settings.services_dir
+        self.folder = settings.local.services_dir
         self.env = env or {}
 
     def recorded(self) -> services.Service | None:
@@ -385,7 +385,7 @@ class StreamLauncher:
             services.STREAM,
             self.folder,
             argv,
-            port=self.settings.stream_ui_port,
+            port=self.settings.stream.ui_port,
             env=env,
             timeout=timeout,
             execs=self.execs,
@@ -409,7 +409,7 @@ class SparkSubmitLauncher(StreamLauncher):
     children_first = True  # SIGTERM to the Python driver: the micro-batch finishes
 
     def argv(self) -> list[str]:
-        master = self.settings.spark_master
+        master = self.settings.spark.master
         if not master.startswith("spark://"):
             raise ExpoError(
                 f"EXPO_STREAM_LAUNCHER=spark-submit needs EXPO_SPARK_MASTER=spark://host:port, "
@@ -433,7 +433,7 @@ class SparkSubmitLauncher(StreamLauncher):
 
 def stream_launcher(settings: Settings, env: dict[str, str] | None = None) -> StreamLauncher:
     """The launcher that EXPO_STREAM_LAUNCHER selects."""
-    if settings.stream_launcher == "spark-submit":
+    if settings.stream.launcher == "spark-submit":
         return SparkSubmitLauncher(settings, env)
     return LocalLauncher(settings, env)
 
@@ -444,7 +444,7 @@ def restart(launcher: StreamLauncher) -> tuple[bool, services.Service]:
     was_running = launcher.stop()
     # The driver's JVM may outlive its Python process for a moment and keep the UI port: a
     # start then failed with "already in use", and the next tick spent another restart.
-    port = launcher.settings.stream_ui_port
+    port = launcher.settings.stream.ui_port
     deadline = time.monotonic() + PORT_RELEASE_S
     while services.port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -584,10 +584,10 @@ def uniform(df: DataFrame) -> DataFrame:
 def expo_kafka_options(settings: Settings, **options: Any) -> dict[str, str]:
     """Options of the `expo_kafka` source from the settings, plus overrides (as strings)."""
     base = {
-        "bootstrap": settings.kafka_bootstrap,
-        "topic": settings.kafka_topic,
-        "zookeeper": settings.zookeeper,
-        "consumer": settings.stream_offsets_consumer,
+        "bootstrap": settings.stream.kafka_bootstrap,
+        "topic": settings.stream.kafka_topic,
+        "zookeeper": settings.stream.zookeeper,
+        "consumer": settings.stream.offsets_consumer,
         "startingOffsets": "earliest",
     }
     base.update({k: str(v) for k, v in options.items() if v is not None})
@@ -603,13 +603,15 @@ def builtin_kafka_options(
     Partitions without a committed offset start at earliest (-2).
     """
     conf = {
-        "kafka.bootstrap.servers": settings.kafka_bootstrap,
-        "subscribe": settings.kafka_topic,
+        "kafka.bootstrap.servers": settings.stream.kafka_bootstrap,
+        "subscribe": settings.stream.kafka_topic,
         "startingOffsets": "earliest",
         "failOnDataLoss": "true",
     }
     if committed:
-        conf["startingOffsets"] = json.dumps({settings.kafka_topic: to_json_offsets(committed)})
+        conf["startingOffsets"] = json.dumps(
+            {settings.stream.kafka_topic: to_json_offsets(committed)}
+        )
     conf.update({k: str(v) for k, v in options.items() if v is not None})
     return conf
 
@@ -648,5 +650,5 @@ def read_ranges(
 def _committed_offsets(settings: Settings) -> dict[int, int]:
     from expo_platform.speed.offsets import ZkOffsets
 
-    with ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer) as zk:
-        return zk.read(settings.kafka_topic)
+    with ZkOffsets(settings.stream.zookeeper, settings.stream.offsets_consumer) as zk:
+        return zk.read(settings.stream.kafka_topic)

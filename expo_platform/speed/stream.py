@@ -182,7 +182,7 @@ class StreamFiles:
 
     def __init__(self, settings: Settings) -> None:
         self.root = settings.stream_dir
-        self.landing = settings.landing_dir
+        self.landing = settings.lake.landing_dir
         self.checkpoint = self.root / "checkpoint"
         self.progress_dir = self.root / "progress"
         self.beacons_dir = self.root / "beacons"
@@ -278,7 +278,7 @@ class MicroBatch:
         self.commit_offsets = commit
         self.files = StreamFiles(settings)
         self.epoch = self.files.epoch()
-        self.watermark_ms = settings.stream_watermark_minutes * MINUTE_MS
+        self.watermark_ms = settings.stream.watermark_minutes * MINUTE_MS
         # Without a lease the app is the only writer; with one, only while it holds it.
         self.lease = lease
         self.writes = lease is None
@@ -329,9 +329,9 @@ class MicroBatch:
         holds = self.lease.holds() or self.lease.try_acquire()
         if holds and not self.writes:
             self._take_over(spark)  # if it fails, the next check tries again
-            log.info("region %s writes from now on", self.settings.stream_region)
+            log.info("region %s writes from now on", self.settings.stream.region)
         elif self.writes and not holds:
-            log.warning("region %s lost the writer lease: standby", self.settings.stream_region)
+            log.warning("region %s lost the writer lease: standby", self.settings.stream.region)
         self.writes = holds
 
     def run(
@@ -454,13 +454,13 @@ class MicroBatch:
 
         With a lease, only offsets no writer has landed yet; then the landed offsets move on.
         """
-        prefix = f"{self.settings.stream_region}-{key}" if self.lease else key
+        prefix = f"{self.settings.stream.region}-{key}" if self.lease else key
         for old in self.files.landing.glob(f"hour=*/stream-{prefix}-*.json"):
             old.unlink()  # a replayed batch writes its files again
         tmp = self.files.tmp_dir / f"landing-{key}"
         shutil.rmtree(tmp, ignore_errors=True)
         dated = parsed.where(F.col("hourly_partitioner").isNotNull())
-        landed = self.lease.landed(self.settings.kafka_topic) if self.lease else {}
+        landed = self.lease.landed(self.settings.stream.kafka_topic) if self.lease else {}
         for partition, offset in landed.items():
             dated = dated.where((F.col("partition") != partition) | (F.col("offset") >= offset))
         dated.select(F.col("hourly_partitioner").alias("hour"), "raw").write.partitionBy(
@@ -474,7 +474,7 @@ class MicroBatch:
                     os.replace(part, target / f"stream-{prefix}-{i:03d}.json")
         shutil.rmtree(tmp, ignore_errors=True)
         if self.lease is not None and ends:
-            self.lease.commit_landed(self.settings.kafka_topic, ends)
+            self.lease.commit_landed(self.settings.stream.kafka_topic, ends)
 
     def _quarantine(self, parsed: DataFrame, key: str) -> None:
         """Messages without an event time, with their reason, in the stream's own files."""
@@ -491,8 +491,8 @@ class MicroBatch:
         landed (read back from Kafka), then write every result this region's state holds."""
         started = time.monotonic()
         assert self.lease is not None
-        topic = self.settings.kafka_topic
-        with ZkOffsets(self.settings.zookeeper, self.settings.stream_offsets_consumer) as zk:
+        topic = self.settings.stream.kafka_topic
+        with ZkOffsets(self.settings.stream.zookeeper, self.settings.stream.offsets_consumer) as zk:
             mine = zk.read(topic)
         landed = self.lease.landed(topic)
         gap = {p: (landed.get(p, 0), end) for p, end in mine.items() if end > landed.get(p, 0)}
@@ -838,13 +838,13 @@ def stream_spark_config(settings: Settings) -> dict[str, str]:
             "spark.app.name": "expo-stream",
             "spark.sql.catalogImplementation": "in-memory",
             "spark.ui.enabled": "true",
-            "spark.ui.port": str(settings.stream_ui_port),
+            "spark.ui.port": str(settings.stream.ui_port),
             "spark.metrics.namespace": "expo",
             **STREAM_SQL_CONF,
         }
     )
     conf["spark.driver.extraJavaOptions"] = JVM_OPTIONS  # not the batch layer's Derby home
-    conf.update(settings.spark_conf)
+    conf.update(settings.spark.conf)
     return conf
 
 
@@ -887,33 +887,35 @@ def run_stream(
     stop = stop or threading.Event()
     files = StreamFiles(settings)
     options: dict[str, Any] = {
-        "startingOffsets": settings.stream_starting_offsets,
+        "startingOffsets": settings.stream.starting_offsets,
     }
-    if settings.stream_source == "expo_kafka":
-        options["endOffsets"] = settings.kafka_end_offsets
-    if settings.stream_max_offsets:
-        options["maxOffsetsPerTrigger"] = settings.stream_max_offsets
-    source = with_first_sightings(read_stream(spark, settings, settings.stream_source, **options))
+    if settings.stream.source == "expo_kafka":
+        options["endOffsets"] = settings.stream.kafka_end_offsets
+    if settings.stream.max_offsets:
+        options["maxOffsetsPerTrigger"] = settings.stream.max_offsets
+    source = with_first_sightings(read_stream(spark, settings, settings.stream.source, **options))
     report = StreamReport()
     handlers = _install_signal_handlers(stop)
     lease = None
     try:
-        if settings.stream_region:
+        if settings.stream.region:
             lease = WriterLease(
-                settings.zookeeper,
-                settings.stream_consumer,
-                settings.stream_region,
-                settings.writer_lease_seconds,
+                settings.stream.zookeeper,
+                settings.stream.consumer,
+                settings.stream.region,
+                settings.stream.writer_lease_seconds,
             )
-        with MetricStore(settings.metric_store) as store:
-            zk: ZkOffsets | None = ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer)
+        with MetricStore(settings.lake.metric_store) as store:
+            zk: ZkOffsets | None = ZkOffsets(
+                settings.stream.zookeeper, settings.stream.offsets_consumer
+            )
 
             def commit(offsets: dict[int, int]) -> None:
                 nonlocal zk
                 if zk is None:
-                    zk = ZkOffsets(settings.zookeeper, settings.stream_offsets_consumer)
+                    zk = ZkOffsets(settings.stream.zookeeper, settings.stream.offsets_consumer)
                 try:
-                    zk.commit(settings.kafka_topic, offsets)
+                    zk.commit(settings.stream.kafka_topic, offsets)
                 except ExpoError:
                     # Once its bounded connection retries run out (a ZooKeeper outage of 15 s
                     # does it), kazoo never reconnects: the next attempt starts a new client.
@@ -943,7 +945,7 @@ def run_stream(
             writer = (
                 writer.trigger(availableNow=True)
                 if until_idle
-                else writer.trigger(processingTime=f"{settings.stream_trigger_seconds} seconds")
+                else writer.trigger(processingTime=f"{settings.stream.trigger_seconds} seconds")
             )
             failing_since: float | None = None
             delay = 1.0
@@ -955,9 +957,10 @@ def run_stream(
                     query = writer.start()
                     if failing_since is None and not done_before:
                         progress(
-                            f"stream {settings.kafka_topic}@{settings.kafka_bootstrap} -> "
-                            f"{settings.metric_store} (epoch {sink.epoch}, "
-                            + (f"region {settings.stream_region}, " if lease else "")
+                            f"stream {settings.stream.kafka_topic}@"
+                            f"{settings.stream.kafka_bootstrap} -> "
+                            f"{settings.lake.metric_store} (epoch {sink.epoch}, "
+                            + (f"region {settings.stream.region}, " if lease else "")
                             + f"Spark UI {spark.sparkContext.uiWebUrl})"
                         )
                     error = _await_query(
