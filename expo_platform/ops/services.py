@@ -473,20 +473,14 @@ def stop_from_pidfiles(
 
 
 def _zookeeper_ready(address: str, timeout: float) -> bool:
-    from kazoo.client import KazooClient
+    from expo_platform.speed.zookeeper import ZooKeeperSession
 
-    client = KazooClient(hosts=address, timeout=timeout, connection_retry={"max_tries": 0})
-    client.logger.setLevel(logging.CRITICAL)  # refused connections are expected here
     try:
-        client.start(timeout=timeout)
-        client.get_children("/")
+        with ZooKeeperSession(address, timeout, quiet=True) as zk:  # refusals expected here
+            zk.children("/")
         return True
-    except Exception:  # any failure means "not ready yet"
+    except ExpoError:  # any failure means "not ready yet"
         return False
-    finally:
-        with contextlib.suppress(Exception):
-            client.stop()
-            client.close()
 
 
 def _runs(address: str, timeout: float) -> bool:

@@ -26,16 +26,14 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, ZookeeperError
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.client import KazooState
+from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from expo_platform.errors import ExpoError
-from expo_platform.speed.offsets import ROOT, ZkOffsets, ZkSession, close_client
+from expo_platform.speed.offsets import ROOT, ZkOffsets
+from expo_platform.speed.zookeeper import ZooKeeperSession
 
 log = logging.getLogger("expo_platform.speed.lease")
-_kazoo_log = logging.getLogger("expo_platform.speed.lease.kazoo")
-_kazoo_log.setLevel(logging.WARNING)
 
 
 def writer_path(group: str) -> str:
@@ -50,7 +48,13 @@ def landed_consumer(group: str) -> str:
 
 
 class WriterLease:
-    """One region's membership and lease; use as a context manager or close()."""
+    """One region's membership and lease; use as a context manager or close().
+
+    It keeps one ZooKeeper session for its life (the streaming app's), which reconnects after
+    an outage; the landed offsets are read and committed in it too. The lease and membership
+    are ephemeral nodes of that session: when ZooKeeper expires it, both are gone, `holds()`
+    says so, and the next `try_acquire()` joins again and takes the lease if it is free.
+    """
 
     def __init__(self, hosts: str, group: str, region: str, session_s: float = 10.0) -> None:
         if not region:
@@ -58,49 +62,45 @@ class WriterLease:
         self.hosts, self.group, self.region = hosts, group, region
         self.root = writer_path(group)
         self._lost = False
-        self._client = KazooClient(
-            hosts=hosts,
-            timeout=session_s,
-            # Keep reconnecting: a region outlives a ZooKeeper outage, as a standby.
-            connection_retry={"max_tries": -1, "delay": 0.5, "max_delay": 5.0},
-            command_retry={"max_tries": 3, "delay": 0.2, "max_delay": 2.0},
-            logger=_kazoo_log,
-        )
-        self._client.add_listener(self._on_state)
+        self.session = ZooKeeperSession(hosts, session_s, reconnect=True, listener=self._on_state)
+        self._landed = ZkOffsets(self.session, landed_consumer(group))
         try:
-            self._client.start(timeout=session_s)
-        except (KazooTimeoutError, KazooException, OSError) as exc:
+            self._join()
+        except ExpoError:
             self.close()
-            raise ExpoError(f"ZooKeeper at {hosts} is unreachable: {exc}") from None
-        self._join()
+            raise
 
     # -- what the streaming app asks -----------------------------------------------------------
 
     def holds(self) -> bool:
         """Whether this region holds the lease in its current, connected session."""
-        if self._lost or self._client.state != KazooState.CONNECTED:
+        zk = self.session
+        if self._lost or not zk.connected:
             return False
         try:
-            data, stat = self._client.get(f"{self.root}/lease")
+            data, stat = zk.call(zk.client.get, f"{self.root}/lease")
         except NoNodeError:
             return False
-        except (KazooException, ZookeeperError, KazooTimeoutError) as exc:
+        except ExpoError as exc:
             log.warning("cannot read the writer lease: %s", exc)
             return False
-        return data.decode() == self.region and stat.ephemeralOwner == self._client.client_id[0]
+        return data.decode() == self.region and stat.ephemeralOwner == zk.session_id
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free and no other running region is preferred."""
         if self.holds():
             return True
+        zk = self.session
         try:
             self._join()
             if self._another_preferred_runs():
                 return False
-            self._client.create(f"{self.root}/lease", self.region.encode(), ephemeral=True)
+            zk.call(zk.client.create, f"{self.root}/lease", self.region.encode(), ephemeral=True)
         except NodeExistsError:
-            return False
-        except (ExpoError, KazooException, ZookeeperError, KazooTimeoutError) as exc:
+            # Another region's, or this session's own from a create retried after its
+            # connection was lost: the node's owner tells.
+            return self.holds()
+        except ExpoError as exc:
             log.warning("cannot take the writer lease: %s", exc)
             return False
         log.info("writer lease taken", extra={"region": self.region, "group": self.group})
@@ -116,42 +116,36 @@ class WriterLease:
 
     def release(self) -> None:
         """Give the lease up, if this region holds it."""
-        with contextlib.suppress(NoNodeError, KazooException, ZookeeperError, KazooTimeoutError):
-            data, stat = self._client.get(f"{self.root}/lease")
+        zk = self.session
+        with contextlib.suppress(NoNodeError, ExpoError):
+            data, stat = zk.call(zk.client.get, f"{self.root}/lease")
             if data.decode() == self.region:
-                self._client.delete(f"{self.root}/lease", version=stat.version)
+                zk.call(zk.client.delete, f"{self.root}/lease", version=stat.version)
                 log.info("writer lease released", extra={"region": self.region})
 
     def landed(self, topic: str) -> dict[int, int]:
         """The next offset not yet in the landing zone, per partition."""
-        with ZkOffsets(self.hosts, landed_consumer(self.group)) as zk:
-            return zk.read(topic)
+        return self._landed.read(topic)
 
     def commit_landed(self, topic: str, offsets: dict[int, int]) -> None:
         """Advance the landed offsets (never backwards)."""
-        with ZkOffsets(self.hosts, landed_consumer(self.group)) as zk:
-            before = zk.read(topic)
-            zk.commit(topic, {p: o for p, o in offsets.items() if o > before.get(p, -1)})
+        before = self._landed.read(topic)
+        self._landed.commit(topic, {p: o for p, o in offsets.items() if o > before.get(p, -1)})
 
     # -- state shared by the regions ----------------------------------------------------------
 
     def holder(self) -> str:
-        return self._read(f"{self.root}/lease")
+        return self.session.get_text(f"{self.root}/lease")
 
     def preferred(self) -> str:
-        return self._read(f"{self.root}/preferred")
+        return self.session.get_text(f"{self.root}/preferred")
 
     def members(self) -> list[str]:
-        try:
-            return sorted(self._client.get_children(f"{self.root}/members"))
-        except NoNodeError:
-            return []
-        except (KazooException, ZookeeperError, KazooTimeoutError) as exc:
-            raise ExpoError(f"ZooKeeper at {self.hosts} failed: {exc}") from None
+        return self.session.children(f"{self.root}/members")
 
     def close(self) -> None:
         """Leave: the lease and membership end with the session."""
-        close_client(self._client)
+        self.session.close()
 
     def __enter__(self) -> WriterLease:
         return self
@@ -175,30 +169,18 @@ class WriterLease:
 
     def _join(self) -> None:
         """Register as a running region (again, after a lost session)."""
+        zk = self.session
         path = f"{self.root}/members/{self.region}"
-        try:
-            if self._lost or self._client.exists(path) is None:
-                self._client.create(path, b"", ephemeral=True, makepath=True)
-            self._lost = False
-        except NodeExistsError:
-            self._lost = False
-        except (KazooException, ZookeeperError, KazooTimeoutError) as exc:
-            raise ExpoError(f"ZooKeeper at {self.hosts} failed: {exc}") from None
-
-    def _read(self, path: str) -> str:
-        try:
-            data, _ = self._client.get(path)
-            return data.decode()
-        except NoNodeError:
-            return ""
-        except (KazooException, ZookeeperError, KazooTimeoutError) as exc:
-            raise ExpoError(f"ZooKeeper at {self.hosts} failed: {exc}") from None
+        with contextlib.suppress(NodeExistsError):
+            if self._lost or zk.call(zk.client.exists, path) is None:
+                zk.call(zk.client.create, path, b"", ephemeral=True, makepath=True)
+        self._lost = False
 
 
 def writer_status(hosts: str, group: str) -> dict[str, object]:
     """Holder, preferred region and running regions, for `expo writer status`."""
     root = writer_path(group)
-    with ZkSession(hosts) as zk:
+    with ZooKeeperSession(hosts) as zk:
         return {
             "holder": zk.get_text(f"{root}/lease"),
             "preferred": zk.get_text(f"{root}/preferred"),
@@ -208,6 +190,6 @@ def writer_status(hosts: str, group: str) -> dict[str, object]:
 
 def switch_writer(hosts: str, group: str, to: str) -> None:
     """Make `to` the preferred writer: the holder hands over before its next micro-batch."""
-    with ZkSession(hosts) as zk:
+    with ZooKeeperSession(hosts) as zk:
         zk.set_text(f"{writer_path(group)}/preferred", to)
     log.info("preferred writer set", extra={"group": group, "region": to})

@@ -10,22 +10,12 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import (
-    KazooException,
-    NodeExistsError,
-    NoNodeError,
-    RolledBackError,
-    ZookeeperError,
-)
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.exceptions import NodeExistsError, NoNodeError, RolledBackError
 
 from expo_platform.errors import ExpoError
+from expo_platform.speed.zookeeper import ZooKeeperSession
 
 log = logging.getLogger("expo_platform.speed.offsets")
-# kazoo logs every (re)connection at INFO; only its warnings matter to the platform.
-_kazoo_log = logging.getLogger("expo_platform.speed.offsets.kazoo")
-_kazoo_log.setLevel(logging.WARNING)
 
 ROOT = "/expo"
 COMMIT_ATTEMPTS = 3
@@ -39,97 +29,52 @@ def offsets_path(consumer: str, topic: str) -> str:
     return f"{ROOT}/{consumer}/offsets/{topic}"
 
 
-class ZkSession:
-    """A ZooKeeper session with bounded retries; use as a context manager or close()."""
+class ZkOffsets:
+    """Read and commit a consumer's offsets in ZooKeeper; use as a context manager or close().
 
-    def __init__(self, hosts: str, timeout: float = 10.0) -> None:
-        self.hosts = hosts
-        # Bounded retries: an unreachable ZooKeeper is an error to report, not to wait out.
-        retry = {"max_tries": 3, "delay": 0.2, "max_delay": 2.0, "ignore_expire": False}
-        self._client = KazooClient(
-            hosts=hosts,
-            timeout=timeout,
-            connection_retry=dict(retry),
-            command_retry=dict(retry),
-            logger=_kazoo_log,
-        )
-        try:
-            self._client.start(timeout=timeout)
-        except (KazooTimeoutError, KazooException, OSError) as exc:
-            close_client(self._client)
-            raise ExpoError(
-                f"ZooKeeper at {hosts} is unreachable (no session in {timeout:.0f}s): {exc}"
-            ) from None
+    Given hosts, it opens its own session (and closes it); given a `ZooKeeperSession`, it
+    uses that one and leaves it open (the writer lease keeps one for the app's life).
+    """
 
-    def get_text(self, path: str) -> str:
-        """A node's data as text; empty when the node does not exist."""
-        try:
-            return self._call(self._client.get, path)[0].decode()
-        except NoNodeError:
-            return ""
-
-    def set_text(self, path: str, value: str) -> None:
-        """Create or overwrite a persistent node."""
-        try:
-            self._call(self._client.set, path, value.encode())
-        except NoNodeError:
-            self._call(self._client.create, path, value.encode(), makepath=True)
-
-    def children(self, path: str) -> list[str]:
-        """A node's children, sorted; empty when the node does not exist."""
-        try:
-            return sorted(self._call(self._client.get_children, path))
-        except NoNodeError:
-            return []
+    def __init__(
+        self, zookeeper: str | ZooKeeperSession, consumer: str, timeout: float = 10.0
+    ) -> None:
+        self.consumer = consumer
+        if isinstance(zookeeper, ZooKeeperSession):
+            self.session, self._owns = zookeeper, False
+        else:
+            self.session, self._owns = ZooKeeperSession(zookeeper, timeout), True
+        self.hosts = self.session.hosts
 
     def close(self) -> None:
-        """End the ZooKeeper session."""
-        close_client(self._client)
+        """End the session, if it is this object's own."""
+        if self._owns:
+            self.session.close()
 
-    def __enter__(self):
+    def __enter__(self) -> ZkOffsets:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, func, *args, **kwargs):
-        try:
-            return self._client.retry(func, *args, **kwargs)
-        except (NoNodeError, NodeExistsError):
-            raise
-        except (KazooTimeoutError, KazooException, ZookeeperError) as exc:
-            raise ExpoError(
-                f"ZooKeeper at {self.hosts} failed: {type(exc).__name__} {exc}"
-            ) from None
+    def read(self, topic: str, *, fresh: bool = False) -> dict[int, int]:
+        """The committed next offset per partition; empty when nothing was committed.
 
-
-def close_client(client: KazooClient) -> None:
-    """Stop and close a kazoo client; a broken session must not hide the error before it."""
-    try:
-        client.stop()
-        client.close()
-    except Exception as exc:
-        log.debug("zookeeper close failed", extra={"error": str(exc)})
-
-
-class ZkOffsets(ZkSession):
-    """Read and commit a consumer's offsets in ZooKeeper; use as a context manager or close()."""
-
-    def __init__(self, hosts: str, consumer: str, timeout: float = 10.0) -> None:
-        self.consumer = consumer
-        super().__init__(hosts, timeout)
-
-    def read(self, topic: str) -> dict[int, int]:
-        """The committed next offset per partition; empty when nothing was committed."""
+        `fresh`: first catch up with the leader (ZooKeeper's sync), to see every commit made
+        before the call in any session, not only in this one.
+        """
         parent = offsets_path(self.consumer, topic)
+        zk = self.session
+        if fresh:
+            zk.call(zk.client.sync, parent)
         try:
-            children = self._call(self._client.get_children, parent)
+            children = zk.call(zk.client.get_children, parent)
         except NoNodeError:
             return {}
         offsets = {}
         for child in children:
             try:
-                data, _ = self._call(self._client.get, f"{parent}/{child}")
+                data, _ = zk.call(zk.client.get, f"{parent}/{child}")
             except NoNodeError:
                 continue  # removed between the listing and the read
             offsets[int(child)] = int(data.decode("ascii"))
@@ -143,13 +88,14 @@ class ZkOffsets(ZkSession):
             if int(partition) < 0 or int(offset) < 0:
                 raise ExpoError(f"invalid offset {offset} for partition {partition}")
         parent = offsets_path(self.consumer, topic)
-        self._call(self._client.ensure_path, parent)
+        zk = self.session
+        zk.call(zk.client.ensure_path, parent)
 
         def commit_once() -> list:
             # Built anew on each of kazoo's retries: a transaction commits at most once, and
             # after a lost connection the listing may have changed (values are absolute).
-            existing = set(self._client.get_children(parent))
-            transaction = self._client.transaction()
+            existing = set(zk.client.get_children(parent))
+            transaction = zk.client.transaction()
             for partition, offset in sorted(offsets.items()):
                 path, value = f"{parent}/{int(partition)}", str(int(offset)).encode("ascii")
                 if str(int(partition)) in existing:
@@ -159,7 +105,7 @@ class ZkOffsets(ZkSession):
             return transaction.commit()
 
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            results = self._call(commit_once)
+            results = zk.call(commit_once)
             failures = [
                 r
                 for r in results
@@ -177,4 +123,5 @@ class ZkOffsets(ZkSession):
     def delete(self, topic: str) -> None:
         """Forget the committed offsets of a topic (to replay it from the start)."""
         with contextlib.suppress(NoNodeError):
-            self._call(self._client.delete, offsets_path(self.consumer, topic), recursive=True)
+            zk = self.session
+            zk.call(zk.client.delete, offsets_path(self.consumer, topic), recursive=True)

@@ -492,8 +492,11 @@ class MicroBatch:
         started = time.monotonic()
         assert self.lease is not None
         topic = self.settings.stream.kafka_topic
-        with ZkOffsets(self.settings.stream.zookeeper, self.settings.stream.offsets_consumer) as zk:
-            mine = zk.read(topic)
+        # Read in the lease's session (it lives as long as the app); they were committed in
+        # the app's offsets session: `fresh` sees its last commit.
+        mine = ZkOffsets(self.lease.session, self.settings.stream.offsets_consumer).read(
+            topic, fresh=True
+        )
         landed = self.lease.landed(topic)
         gap = {p: (landed.get(p, 0), end) for p, end in mine.items() if end > landed.get(p, 0)}
         if gap:
