@@ -17,13 +17,12 @@ from pathlib import Path
 
 from expo_platform.core.hours import hour_iso, hour_label, parse_hour
 from expo_platform.errors import ExpoError
-from expo_platform.logs import configure_logging
+from expo_platform.logs import run_command
 from expo_platform.ops.dagster_home import POOL_LIMITS, ensure_dagster_home, prepare_dagster_home
 from expo_platform.settings import (
     REGION_PATTERN,
     SETTINGS_DOC,
     Settings,
-    load_settings,
     resolved_paths,
 )
 
@@ -362,17 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `expo` command; errors print as one line and exit with status 2."""
     args = build_parser().parse_args(argv)
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        args.func(args, settings)
-    except ExpoError as exc:
-        print(f"expo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("expo: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("expo", lambda settings: args.func(args, settings))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from expo_platform.settings import Settings
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -42,3 +47,21 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_command(prog: str, action: Callable[[Settings], int | None]) -> int:
+    """Run an entry point: load the settings, configure logging, call `action`. An `ExpoError`
+    prints as one line on stderr and exits with status 2; Ctrl-C exits with 130."""
+    from expo_platform.errors import ExpoError
+    from expo_platform.settings import load_settings
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        return action(settings) or 0
+    except ExpoError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,7 +1,9 @@
 """The hourly schedule, the sensor that computes metrics once the next hour is in, and the one
 that analyses a day once its last hour's metrics are final."""
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -55,44 +57,75 @@ def build_schedules(settings: Settings) -> list:
             for h in wanted
         ]
 
-    @dg.run_status_sensor(
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=[hourly_ingest_job],
-        request_job=hourly_metrics_job,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="When hour H is ingested, the metrics of H-1 are final: compute them.",
-    )
-    def metrics_after_ingest(context: dg.RunStatusSensorContext):
-        """Request the metrics of the hour before the one just ingested."""
-        key = context.dagster_run.tags.get("dagster/partition")
-        if not key:
-            return dg.SkipReason("the ingest run had no partition")
-        previous = parse_hour(key) - ONE_HOUR
+    def hour_before(hour: datetime) -> str:
+        previous = hour - ONE_HOUR
         if previous < batch.partitions_start:
-            return dg.SkipReason(f"{key} is the first hour: no hour before it")
-        return dg.RunRequest(
-            run_key=f"metrics-{hour_key(previous)}", partition_key=hour_key(previous)
-        )
+            raise Skip(f"{hour_key(hour)} is the first hour: no hour before it")
+        return hour_key(previous)
 
+    metrics_after_ingest = chained_sensor(
+        "metrics_after_ingest",
+        hourly_ingest_job,
+        hourly_metrics_job,
+        "metrics",
+        hour_before,
+        "When hour H is ingested, the metrics of H-1 are final: compute them.",
+    )
     return [hourly_ingest_schedule, metrics_after_ingest]
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[hourly_metrics_job],
-    request_job=daily_analysis_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="When the metrics of a day's last hour are final, analyse that day.",
-)
-def analysis_after_last_hour(context: dg.RunStatusSensorContext):
-    """Request the daily analysis of the day whose 23:00 metrics just succeeded."""
-    key = context.dagster_run.tags.get("dagster/partition")
-    if not key:
-        return dg.SkipReason("the metrics run had no partition")
-    day = day_completed_by(parse_hour(key))
+class Skip(Exception):
+    """Raised by a chained sensor's rule: no run to request, for the reason given."""
+
+
+def chained_sensor(
+    name: str,
+    monitored: Any,  # a job: defined, or an asset job resolved by Definitions
+    requested: Any,
+    run_key_prefix: str,
+    follow: Callable[[datetime], str],
+    description: str,
+) -> dg.RunStatusSensorDefinition:
+    """A sensor that, when a run of `monitored` for an hour succeeds, requests `requested` for
+    the partition `follow(hour)` names (or skips for the reason `follow` raises)."""
+
+    @dg.run_status_sensor(
+        name=name,
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[monitored],
+        request_job=requested,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+    def sensor(context: dg.RunStatusSensorContext):
+        key = context.dagster_run.tags.get("dagster/partition")
+        if not key:
+            return dg.SkipReason(f"the {monitored.name} run had no partition")
+        try:
+            partition = follow(parse_hour(key))
+        except Skip as skip:
+            return dg.SkipReason(str(skip))
+        return dg.RunRequest(run_key=f"{run_key_prefix}-{partition}", partition_key=partition)
+
+    return sensor
+
+
+def last_hour_of_day(hour: datetime) -> str:
+    """The day whose analysis `hour`'s final metrics allow: its day when it is 23:00."""
+    day = day_completed_by(hour)
     if day is None:
-        return dg.SkipReason(f"{key} is not the last hour of a day")
-    return dg.RunRequest(run_key=f"daily-{day}", partition_key=day.isoformat())
+        raise Skip(f"{hour_key(hour)} is not the last hour of a day")
+    return day.isoformat()
+
+
+analysis_after_last_hour = chained_sensor(
+    "analysis_after_last_hour",
+    hourly_metrics_job,
+    daily_analysis_job,
+    "daily",
+    last_hour_of_day,
+    "When the metrics of a day's last hour are final, analyse that day.",
+)
 
 
 def day_completed_by(hour: datetime) -> date | None:

@@ -10,7 +10,7 @@ import dagster as dg
 from definitions import build_defs
 from expo_platform.core.hours import parse_hour
 from expo_platform.settings import load_settings
-from sensors.schedules import build_schedules, complete_hours
+from sensors.schedules import analysis_after_last_hour, build_schedules, complete_hours
 
 hourly_ingest_schedule, metrics_after_ingest = build_schedules(load_settings({}))
 
@@ -37,22 +37,32 @@ def test_schedule_requests_unprocessed_complete_hours():
     assert [r.run_key for r in requests] == [f"ingest-{k}" for k in keys]
 
 
-def test_metrics_sensor_requests_the_hour_before():
+def _after_success(sensor, job: str, partition: str):
+    """What `sensor` answers to a successful run of `job` for `partition`."""
     with dg.instance_for_test() as instance:
-        run = dg.DagsterRun(
-            job_name="hourly_ingest", run_id="r1", tags={"dagster/partition": "2026-03-02-05"}
-        )
+        run = dg.DagsterRun(job_name=job, run_id="r1", tags={"dagster/partition": partition})
         context = dg.build_run_status_sensor_context(
-            sensor_name="metrics_after_ingest",
+            sensor_name=sensor.name,
             dagster_instance=instance,
             dagster_run=run,
-            dagster_event=dg.DagsterEvent(
-                event_type_value="PIPELINE_SUCCESS", job_name="hourly_ingest"
-            ),
+            dagster_event=dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name=job),
         )
-        request = metrics_after_ingest(context)
+        return sensor(context)
+
+
+def test_metrics_sensor_requests_the_hour_before():
+    request = _after_success(metrics_after_ingest, "hourly_ingest", "2026-03-02-05")
     assert request.partition_key == "2026-03-02-04"
     assert request.run_key == "metrics-2026-03-02-04"
+    first = _after_success(metrics_after_ingest, "hourly_ingest", "2026-01-01-00")
+    assert first.skip_message == "2026-01-01-00 is the first hour: no hour before it"
+
+
+def test_analysis_sensor_waits_for_the_last_hour_of_the_day():
+    request = _after_success(analysis_after_last_hour, "hourly_metrics", "2026-03-02-23")
+    assert (request.partition_key, request.run_key) == ("2026-03-02", "daily-2026-03-02")
+    skipped = _after_success(analysis_after_last_hour, "hourly_metrics", "2026-03-02-22")
+    assert skipped.skip_message == "2026-03-02-22 is not the last hour of a day"
 
 
 def test_hourly_schedule_starts_in_the_state_the_settings_give():

@@ -12,10 +12,9 @@ from collections import defaultdict
 from datetime import timedelta
 
 from expo_platform.core.hours import hour_iso, hour_label, parse_hour
-from expo_platform.errors import ExpoError
-from expo_platform.logs import configure_logging
+from expo_platform.logs import run_command
 from expo_platform.serving.store import MetricStore, Point
-from expo_platform.settings import Settings, load_settings
+from expo_platform.settings import Settings
 
 DEMO_START = parse_hour("2026-03-02T00")
 DEMO_HOURS = 24
@@ -140,14 +139,7 @@ def run(settings: Settings) -> None:
 
 def main() -> int:
     """Entry point of `python -m expo_platform.devtools.demo`."""
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        run(settings)
-    except ExpoError as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("demo", run)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from expo_platform.core.hours import ONE_HOUR, truncate_hour
-from expo_platform.errors import ExpoError
 from expo_platform.ops import services
 from expo_platform.ops.supervision import stream_launcher
-from expo_platform.settings import Settings, load_settings, path_env
+from expo_platform.settings import Settings, path_env
 
 GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
 
@@ -109,23 +108,20 @@ def down(settings: Settings, say: Callable[[str], None]) -> list[services.Servic
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m expo_platform.ops.local up|down`."""
     from expo_platform.cli import project_dir
-    from expo_platform.logs import configure_logging
+    from expo_platform.logs import run_command
 
     parser = argparse.ArgumentParser(prog="python -m expo_platform.ops.local", description=__doc__)
     parser.add_argument("command", choices=("up", "down"))
     parser.add_argument("--dagster-port", type=int, default=3000)
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
+
+    def action(settings: Settings) -> None:
         if args.command == "up":
             up(settings, project_dir(), args.dagster_port, print)
         else:
             down(settings, print)
-    except ExpoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command("make up", action)
 
 
 if __name__ == "__main__":

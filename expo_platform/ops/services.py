@@ -791,8 +791,8 @@ def services_up(
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m expo_platform.ops.services up|down|status|cluster-up|cluster-down`, addresses
     from the settings."""
-    from expo_platform.logs import configure_logging
-    from expo_platform.settings import load_settings
+    from expo_platform.logs import run_command
+    from expo_platform.settings import Settings
 
     parser = argparse.ArgumentParser(
         prog="python -m expo_platform.ops.services",
@@ -806,9 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="partitions of the beacons topic when it is created",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
+
+    def action(settings: Settings) -> int:
         folder = settings.local.services_dir
         zk_host, zk_port = parse_address(settings.stream.zookeeper, 2181)
         kafka_host, kafka_port = parse_address(settings.stream.kafka_bootstrap, 9092)
@@ -846,10 +845,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 service = running.get(name)
                 print(service.describe() if service else f"{name} not running")
             return 0 if all(name in running for name in SERVICE_NAMES) else 1
-    except ExpoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("services", action)
 
 
 if __name__ == "__main__":
