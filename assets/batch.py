@@ -1,5 +1,6 @@
 """The hourly batch assets: beacons -> sessions -> experiment metrics, plus data quality."""
 
+import functools
 import warnings
 from collections.abc import Iterator
 
@@ -63,6 +64,10 @@ METRICS_CHECKS = [
 def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The hourly assets beacons (with beacon_rejects), data_quality, sessions and
     experiment_metrics, on the code location's hourly partitions."""
+    # Every asset here: on these partitions, in the spark pool (one Spark run at a time).
+    hourly_asset = functools.partial(
+        dg.asset, partitions_def=hourly, pool=SPARK_POOL, group_name=GROUP
+    )
 
     @dg.multi_asset(
         specs=[
@@ -130,10 +135,7 @@ def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinit
             metadata={"reject_rate": rate, "threshold": settings.batch.max_reject_rate, **rejected},
         )
 
-    @dg.asset(
-        partitions_def=hourly,
-        pool=SPARK_POOL,
-        group_name=GROUP,
+    @hourly_asset(
         deps=["beacons", "beacon_rejects"],
         description="Data-quality metrics of the hour (METRICS.md section 5), layer batch.",
     )
@@ -150,10 +152,7 @@ def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinit
             metadata={**result.counts, "points_written": len(result.counts)}
         )
 
-    @dg.asset(
-        partitions_def=hourly,
-        pool=SPARK_POOL,
-        group_name=GROUP,
+    @hourly_asset(
         deps=["beacons", dg.AssetDep("sessions", partition_mapping=PREVIOUS_HOUR)],
         description=(
             "Hive external table (ORC, partitioned by hourly_partitioner): one row per visit "
@@ -175,10 +174,7 @@ def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinit
             }
         )
 
-    @dg.asset(
-        partitions_def=hourly,
-        pool=SPARK_POOL,
-        group_name=GROUP,
+    @hourly_asset(
         # speed_metrics: the reconciliation check compares the stream's points of the hour.
         deps=[dg.AssetDep("sessions", partition_mapping=METRICS_INPUTS), "speed_metrics"],
         check_specs=METRICS_CHECKS,

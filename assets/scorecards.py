@@ -1,5 +1,6 @@
 """The daily analysis assets: visitor_daily -> experiment_scorecards -> trend_reports."""
 
+import functools
 from collections.abc import Iterator
 
 import dagster as dg
@@ -17,11 +18,12 @@ GROUP = "analysis"
 
 def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     """The daily assets visitor_daily, experiment_scorecards and trend_reports."""
+    # Every asset here: on these partitions, in the spark pool (one Spark run at a time).
+    daily_asset = functools.partial(
+        dg.asset, partitions_def=days, pool=SPARK_POOL, group_name=GROUP
+    )
 
-    @dg.asset(
-        partitions_def=days,
-        pool=SPARK_POOL,
-        group_name=GROUP,
+    @daily_asset(
         # The day's hours, mapped from daily to hourly by Dagster. experiment_metrics of the
         # day's last hour exists only once sessions of the next day's first hour are in, and
         # bounces need that hour: depending on it says the day is final.
@@ -67,10 +69,7 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
             },
         )
 
-    @dg.asset(
-        partitions_def=days,
-        pool=SPARK_POOL,
-        group_name=GROUP,
+    @daily_asset(
         # Each day's scorecard is cumulative: it also reads every earlier day of visitor_daily.
         deps=["visitor_daily"],
         description=(
@@ -93,10 +92,7 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
             }
         )
 
-    @dg.asset(
-        partitions_def=days,
-        pool=SPARK_POOL,
-        group_name=GROUP,
+    @daily_asset(
         deps=["experiment_scorecards"],
         description=(
             "A self-contained HTML trend report per experiment and population: hourly metrics "

@@ -42,13 +42,25 @@ SPEED_ASSETS = [kafka_beacons, speed_metrics, landing_zone]
 
 def freshness_result(fresh: SpeedFreshness, settings: Settings, now: float) -> dg.AssetCheckResult:
     """The freshness check's outcome: fails when the speed metrics are too far behind."""
+    return dg.AssetCheckResult(**freshness_fields(fresh, settings, now))
+
+
+def freshness_evaluation(
+    fresh: SpeedFreshness, settings: Settings, now: float
+) -> dg.AssetCheckEvaluation:
+    """The same outcome as a runless evaluation, which the supervisor records every tick."""
+    return dg.AssetCheckEvaluation(**freshness_fields(fresh, settings, now))
+
+
+def freshness_fields(fresh: SpeedFreshness, settings: Settings, now: float) -> dict:
+    """The fields of the freshness check's outcome."""
     behind = fresh.behind_minutes(now)
     limit = settings.supervisor.speed_stale_minutes
     if behind is None:
         note = "no micro-batch has written speed metrics yet"
     else:
         note = f"newest event time {behind:.1f} min behind the clock (limit {limit} min)"
-    return dg.AssetCheckResult(
+    return dict(
         asset_key=speed_metrics.key,
         check_name="speed_metrics_fresh",
         passed=not fresh.stale(now, limit),

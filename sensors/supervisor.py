@@ -9,7 +9,7 @@ import time
 import dagster as dg
 
 from assets.batch import METRICS_CHECKS
-from assets.speed import freshness_result, speed_metrics_fresh
+from assets.speed import freshness_evaluation, speed_metrics_fresh
 from expo_platform.ops.alerts import Alert
 from expo_platform.ops.supervision import (
     Observation,
@@ -25,17 +25,6 @@ from resources import AlertsResource, SettingsParam, StreamLauncherResource
 
 RESTART_JOB = "restart_streaming"
 REASONS_TAG = "expo/reasons"
-
-
-def thresholds(settings: Settings) -> Thresholds:
-    """The supervisor's thresholds from the settings."""
-    return Thresholds(
-        stuck_task_s=settings.supervisor.stuck_task_seconds,
-        max_lag=settings.supervisor.max_kafka_lag,
-        slow_ticks=settings.supervisor.slow_ticks,
-        trigger_s=settings.stream.trigger_seconds,
-        restarts_per_hour=settings.supervisor.restarts_per_hour,
-    )
 
 
 @dg.op(description="Stop the streaming app gracefully if it still runs, then launch a new one.")
@@ -107,7 +96,9 @@ def build_supervisor(settings: Settings) -> dg.SensorDefinition:
             )
         observation = observe(settings, stream_launcher.launcher(settings), now)
         events = speed_layer_events(settings, now, observation)
-        decision = decide(observation, thresholds(settings), State.from_cursor(context.cursor), now)
+        decision = decide(
+            observation, Thresholds.of(settings), State.from_cursor(context.cursor), now
+        )
         context.log.info(decision.summary())
         context.update_cursor(decision.cursor())
         if decision.action == "ok":
@@ -145,7 +136,6 @@ def speed_layer_events(settings: Settings, now: float, seen: Observation | None)
     the newest landed hour, and the freshness check."""
     fresh = speed_freshness(settings)
     landed = sorted(p.name for p in settings.lake.landing_dir.glob("hour=*"))
-    check = freshness_result(fresh, settings, now)
     ui = seen or Observation()
     return [
         _observation("kafka_beacons", lag=ui.lag, input_rate=ui.input_rate),
@@ -163,14 +153,7 @@ def speed_layer_events(settings: Settings, now: float, seen: Observation | None)
         _observation(
             "landing_zone", newest_hour=landed[-1].removeprefix("hour=") if landed else None
         ),
-        dg.AssetCheckEvaluation(
-            asset_key=check.asset_key,
-            check_name=check.check_name,
-            passed=check.passed,
-            metadata=check.metadata,
-            severity=check.severity,
-            description=check.description,
-        ),
+        freshness_evaluation(fresh, settings, now),
     ]
 
 

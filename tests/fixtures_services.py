@@ -27,6 +27,18 @@ def unique_topic(prefix: str = "t") -> str:
     return f"{prefix}-{os.getpid()}-{next(_topics)}"
 
 
+def new_topic(kafka, prefix: str, partitions: int, lines=()) -> str:
+    """A topic no other test uses, with `partitions` partitions and `lines` produced to it."""
+    from expo_platform.devtools.producer import produce_lines
+    from expo_platform.ops.services import ensure_topic
+
+    topic = unique_topic(prefix)
+    ensure_topic(kafka.address, topic, partitions)
+    if lines:
+        produce_lines(kafka.address, topic, lines)
+    return topic
+
+
 def start_on_free_port(start: Callable[[Path, int], Service], folder: Path) -> Service:
     """Start a service on a free port, retrying when another process grabs the port first."""
     for attempt in range(1, START_ATTEMPTS + 1):

@@ -44,7 +44,7 @@ from expo_platform.ops.supervision import (
 from expo_platform.serving.store import MetricStore
 from expo_platform.settings import load_settings
 from expo_platform.speed.offsets import ZkOffsets
-from tests.fixtures_services import unique_topic
+from tests.fixtures_services import new_topic
 from tests.helpers import stream_env, supervisor_tick, wait
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def test_observe_master_takes_the_app_from_the_master_and_the_figures_from_the_d
         assert (seen.ui_reachable, seen.app_id, seen.app_running) == (True, app, True)
         assert (seen.succeeded_jobs, seen.failed_jobs, seen.input_rate) == (1, 0, 12.5)
         assert seen.latency_ms == 900 and not seen.error
-        assert decide(seen, Thresholds(), State(), now).action == "ok"
+        assert decide(seen, Thresholds.of(load_settings({})), State(), now).action == "ok"
 
         # The driver's UI gone while the master still lists the app: running, with the error.
         driver.shutdown()
@@ -139,7 +139,7 @@ def test_observe_master_takes_the_app_from_the_master_and_the_figures_from_the_d
         master, master_ui = _serve({"/json/": finished})
         seen = observe_master(master_ui, driver_ui, now)
         assert (seen.app_id, seen.app_running) == ("app-20261125215054-0001", False)
-        assert decide(seen, Thresholds(), State(), now).action == "restart"
+        assert decide(seen, Thresholds.of(load_settings({})), State(), now).action == "restart"
     finally:
         master.shutdown()
         master.server_close()
@@ -147,7 +147,7 @@ def test_observe_master_takes_the_app_from_the_master_and_the_figures_from_the_d
     seen = observe_master(master_ui, driver_ui, now)
     seen.process_alive = True
     assert not seen.ui_reachable and "no answer" in seen.error
-    assert decide(seen, Thresholds(), State(), now).action == "alert"
+    assert decide(seen, Thresholds.of(load_settings({})), State(), now).action == "alert"
 
 
 def test_the_launcher_setting_selects_spark_submit(tmp_path):
@@ -289,8 +289,7 @@ def test_the_supervisor_restarts_the_streaming_app_on_the_cluster(
     mailbox,
     webhook,
 ):
-    topic = unique_topic("cluster")
-    services.ensure_topic(kafka.address, topic, 2)
+    topic = new_topic(kafka, "cluster", 2)
     first_lines = _lines("2026-03-02T10", seed=3)
     later_lines = _lines("2026-03-02T11", seed=4)
     produce_lines(kafka.address, topic, first_lines)

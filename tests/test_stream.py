@@ -36,13 +36,12 @@ from expo_platform.devtools.generator import GeneratorConfig, iter_lines, write_
 from expo_platform.devtools.producer import produce_lines
 from expo_platform.errors import ExpoError
 from expo_platform.ops.dagster_home import prepare_dagster_home
-from expo_platform.ops.services import ensure_topic
 from expo_platform.serving.store import MetricStore
 from expo_platform.speed.offsets import ZkOffsets
 from expo_platform.speed.stream import MicroBatch, StepTimes, StreamFiles, run_stream
 from sensors.batch_runner import run_batch
 from tests import clickstream as cs
-from tests.fixtures_services import unique_topic
+from tests.fixtures_services import new_topic
 from tests.helpers import lake_settings, landed_lines
 from tests.test_batch_layer import PROJECT
 
@@ -131,9 +130,7 @@ def test_speed_equals_batch_once_the_next_hour_has_passed(
     traffic,
     batch_points,
 ):
-    topic = unique_topic("stream")
-    ensure_topic(kafka.address, topic, 4)
-    produce_lines(kafka.address, topic, traffic)
+    topic = new_topic(kafka, "stream", 4, traffic)
     conf = stream_settings(settings, kafka, zookeeper, topic)
     report = run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     assert report.batches >= 3  # maxOffsetsPerTrigger splits the backlog
@@ -200,8 +197,7 @@ def test_an_hour_whose_sessions_or_sketches_folder_is_gone_is_rebuilt_whole(
     merges its visitors into the hours' sketches. A crash between moving an hour's old folder
     aside and moving the new one in leaves the hour without one: the next batch must rebuild
     it from all the hour's beacons, and sketches too for an hour the batch has no beacon of."""
-    topic = unique_topic("stream-lost")
-    ensure_topic(kafka.address, topic, 4)
+    topic = new_topic(kafka, "stream-lost", 4)
     conf = stream_settings(settings, kafka, zookeeper, topic)
     middle = hour_start_ms(START) + 90 * 60_000  # half way through hour START + 1
     produce_lines(kafka.address, topic, [t for t in traffic if json.loads(t)["ts"] < middle])
@@ -233,9 +229,7 @@ def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_
     """The second batch crashes after writing its counted beacons and before merging them
     into the sketches, and the checkpoint is lost. The next epoch reads the batch's messages
     again and finds them counted (duplicates): the sketches must still take in their visitors."""
-    topic = unique_topic("stream-crash")
-    ensure_topic(kafka.address, topic, 4)
-    produce_lines(kafka.address, topic, traffic)
+    topic = new_topic(kafka, "stream-crash", 4, traffic)
     conf = stream_settings(settings, kafka, zookeeper, topic)
     update_sketches = MicroBatch._update_sketches
 
@@ -324,8 +318,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     zookeeper,
     traffic,
 ):
-    topic = unique_topic("late")
-    ensure_topic(kafka.address, topic, 2)
+    topic = new_topic(kafka, "late", 2)
     first = traffic[:1500]  # about the first hour and a half
     newest = max(json.loads(line)["ts"] for line in first)
     # A beacon from a clock three hours ahead must not push the watermark.
@@ -405,8 +398,7 @@ def _hour_key(ts: int) -> str:
 def test_expo_generate_produces_live_traffic(kafka):
     from tests.test_kafka_source import consume_all
 
-    topic = unique_topic("live")
-    ensure_topic(kafka.address, topic, 2)
+    topic = new_topic(kafka, "live", 2)
     args = ["--kafka", kafka.address, "--replay", "--topic", topic, "--rate", "400"]
     args += ["--duration", "3"]
     result = subprocess.run(

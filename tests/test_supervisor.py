@@ -15,12 +15,10 @@ import pytest
 from definitions import build_defs
 from expo_platform.core.hours import parse_hour
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines
-from expo_platform.devtools.producer import produce_lines
-from expo_platform.ops.services import ensure_topic
 from expo_platform.ops.supervision import LocalLauncher, observe_ui
 from expo_platform.settings import load_settings
 from expo_platform.speed.offsets import ZkOffsets
-from tests.fixtures_services import unique_topic
+from tests.fixtures_services import new_topic
 from tests.helpers import stream_env, supervisor_tick, wait
 
 LINES = [
@@ -47,9 +45,7 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
     mailbox,
     webhook,
 ):
-    topic = unique_topic("sup")
-    ensure_topic(kafka.address, topic, 2)
-    produce_lines(kafka.address, topic, LINES)
+    topic = new_topic(kafka, "sup", 2, LINES)
     env = {
         **stream_env(tmp_path, kafka, zookeeper, topic, mailbox, webhook),
         "EXPO_RESTARTS_PER_HOUR": "1",

@@ -39,11 +39,23 @@ STREAM_APP_NAME = "expo-stream"  # spark.app.name of the streaming app (stream_s
 class Thresholds:
     """When the app counts as unhealthy, and how often it may be restarted."""
 
-    stuck_task_s: float = 900.0
-    max_lag: int = 5_000_000
-    slow_ticks: int = 3
-    trigger_s: float = 60.0
-    restarts_per_hour: int = 3
+    stuck_task_s: float
+    max_lag: int
+    slow_ticks: int
+    trigger_s: float
+    restarts_per_hour: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Thresholds:
+        """The supervisor's thresholds from the settings."""
+        supervisor = settings.supervisor
+        return cls(
+            stuck_task_s=supervisor.stuck_task_seconds,
+            max_lag=supervisor.max_kafka_lag,
+            slow_ticks=supervisor.slow_ticks,
+            trigger_s=settings.stream.trigger_seconds,
+            restarts_per_hour=supervisor.restarts_per_hour,
+        )
 
 
 @dataclass
