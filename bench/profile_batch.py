@@ -67,10 +67,10 @@ def main() -> None:
     # In production the 23 hours before H hold a day of traffic, which visitors_24h reads:
     # every hourly table's partition of H stands in for them (symbolic links), and the
     # hour's metrics run again.
-    for table in sorted(settings.lake.tables_dir.iterdir()):
-        source = lake.partition_path(settings, table.name, HOUR)
+    for table in [t for t in lake.TABLES.values() if not t.daily]:
+        source = table.partition_path(settings, HOUR)
         for back in range(1, 24) if source.is_dir() else ():
-            lake.partition_path(settings, table.name, HOUR - ONE_HOUR * back).symlink_to(source)
+            table.partition_path(settings, HOUR - ONE_HOUR * back).symlink_to(source)
     with MetricStore(settings.lake.metric_store) as store:
         step(
             "process_metrics, 23 busy hours before",

@@ -26,6 +26,7 @@ from expo_platform.core.hours import parse_hour
 from expo_platform.core.visits import VISIT_GAP_MS
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines
 from expo_platform.errors import ExpoError
+from expo_platform.lake import STREAM_SESSIONS
 from expo_platform.ops import services
 
 START = parse_hour("2026-03-02T08")
@@ -92,7 +93,7 @@ def state_per_visit(lake: Path) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
     sessions = lake / "stream" / "sessions"
-    newest = max(sessions.glob("hourly_partitioner=*"), default=None)
+    newest = max(STREAM_SESSIONS.partitions_in(sessions), default=None)
     if newest is None:
         return 0, 0
     table = pq.read_table(newest, columns=["last_ts"]).column("last_ts").to_pylist()

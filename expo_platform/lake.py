@@ -1,4 +1,5 @@
-"""The lake: landing-zone files by hour, the columnar tables, the Hive `sessions` table."""
+"""The lake: landing-zone files by hour, its tables (`Table`: the registry `TABLES`, and the
+speed layer's own under `<lake>/stream`), the Hive `sessions` table."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
@@ -13,8 +15,9 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from expo_platform.analysis.scorecards import VISITOR_DAILY_SCHEMA
 from expo_platform.core.beacons import BEACON_SCHEMA, REJECT_SCHEMA
-from expo_platform.core.hours import hour_key
+from expo_platform.core.hours import hour_key, parse_hour
 from expo_platform.core.metrics import SKETCHES_SCHEMA
 from expo_platform.core.visits import SESSIONS_SCHEMA
 from expo_platform.errors import ExpoError
@@ -23,12 +26,120 @@ from expo_platform.settings import Settings
 log = logging.getLogger(__name__)
 
 LANDING_SUFFIXES = (".json", ".json.gz")
-PARTITION_COLUMN = "hourly_partitioner"
-TABLE_SCHEMAS = {
-    "beacons": BEACON_SCHEMA,
-    "beacon_rejects": REJECT_SCHEMA,
-    "visitor_sketches": SKETCHES_SCHEMA,
-}
+LANDING_COLUMN = "hour"  # landing folders are `hour=YYYY-MM-DD-HH`
+PARTITION_COLUMN = "hourly_partitioner"  # of the hourly tables; the Hive partition column
+DAY_COLUMN = "day"  # of the daily tables
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the lake: its name (its folder), the schema and format of its files, and
+    the column its partition folders are named by, `<column>=<value>` with the value an
+    hour's `hour_key` (or a day's ISO date for a daily table). The speed layer's own tables
+    (`stream`) are under `<lake>/stream` rather than `<lake>/tables`."""
+
+    name: str
+    schema: str
+    format: str = "parquet"
+    partition_column: str = PARTITION_COLUMN
+    stream: bool = False
+
+    @property
+    def daily(self) -> bool:
+        return self.partition_column == DAY_COLUMN
+
+    def root(self, settings: Settings) -> Path:
+        """The table's folder."""
+        return (settings.stream_dir if self.stream else settings.lake.tables_dir) / self.name
+
+    def partition_name(self, when: date) -> str:
+        """The folder name of the partition of an hour (of a day, for a daily table)."""
+        value = when.isoformat() if self.daily else hour_key(when)  # type: ignore[arg-type]
+        return f"{self.partition_column}={value}"
+
+    def partition_in(self, folder: Path, when: date) -> Path:
+        """The partition of an hour (or a day) in a folder laid out like the table."""
+        return folder / self.partition_name(when)
+
+    def partition_path(self, settings: Settings, when: date) -> Path:
+        """The folder of the table's partition of an hour (or a day)."""
+        return self.partition_in(self.root(settings), when)
+
+    def partitions_in(self, folder: Path) -> list[Path]:
+        """The partition folders in a folder laid out like the table, sorted."""
+        return sorted(folder.glob(f"{self.partition_column}=*"))
+
+    @staticmethod
+    def partition_value(path: Path) -> str:
+        """The value of a partition folder: `2026-03-02-05` of `...=2026-03-02-05`."""
+        return path.name.split("=", 1)[1]
+
+    def hours_in(self, folder: Path) -> list[datetime]:
+        """The hours of the partition folders in a folder laid out like the table."""
+        return [parse_hour(self.partition_value(p)) for p in self.partitions_in(folder)]
+
+    def has_partition(self, settings: Settings, when: date) -> bool:
+        """Whether the partition of an hour (or a day) has been written whole (`_SUCCESS`)."""
+        return (self.partition_path(settings, when) / "_SUCCESS").exists()
+
+    def read(self, spark: SparkSession, paths: list[Path]) -> DataFrame:
+        """The rows of these folders of the table's files; an empty frame for none."""
+        return read_folders(spark, paths, self.schema, self.format)
+
+    def read_partitions(
+        self, spark: SparkSession, settings: Settings, hours: list[datetime]
+    ) -> DataFrame:
+        """The rows of the hourly partitions that exist; missing hours contribute nothing."""
+        paths = [p for h in hours if (p := self.partition_path(settings, h)).is_dir()]
+        return self.read(spark, paths)
+
+    def read_days(self, spark: SparkSession, settings: Settings, days: list[date]) -> DataFrame:
+        """The rows of the daily partitions written whole; missing days contribute nothing."""
+        paths = [self.partition_path(settings, d) for d in days if self.has_partition(settings, d)]
+        return self.read(spark, paths)
+
+    def days_present(self, settings: Settings) -> list[date]:
+        """The days a daily table has been written for, sorted."""
+        root = self.root(settings)
+        if not root.is_dir():
+            return []
+        return sorted(
+            date.fromisoformat(self.partition_value(p))
+            for p in self.partitions_in(root)
+            if (p / "_SUCCESS").exists()
+        )
+
+    def write_partition(self, df: DataFrame, settings: Settings, when: date) -> None:
+        """Replace the partition of an hour (or a day) with `df` (absolute, re-runnable)."""
+        path = self.partition_path(settings, when)
+        df.write.mode("overwrite").format(self.format).save(str(path))
+
+    def remove_partition(self, settings: Settings, when: date) -> None:
+        """Delete the partition folder of an hour (or a day), if there is one."""
+        shutil.rmtree(self.partition_path(settings, when), ignore_errors=True)
+
+
+BEACONS = Table("beacons", BEACON_SCHEMA)
+BEACON_REJECTS = Table("beacon_rejects", REJECT_SCHEMA)
+SESSIONS = Table("sessions", SESSIONS_SCHEMA, "orc")  # the Hive table `sessions` too
+VISITOR_SKETCHES = Table("visitor_sketches", SKETCHES_SCHEMA)
+VISITOR_DAILY = Table("visitor_daily", VISITOR_DAILY_SCHEMA, partition_column=DAY_COLUMN)
+TABLES = {t.name: t for t in (BEACONS, BEACON_REJECTS, SESSIONS, VISITOR_SKETCHES, VISITOR_DAILY)}
+
+# The speed layer's state: counted beacons by batch and hour
+# (`beacons/batch=<key>/hourly_partitioner=<hour>`), sessions rows and visitor sketches by hour.
+STREAM_BEACONS = Table("beacons", BEACON_SCHEMA, stream=True)
+STREAM_SESSIONS = Table("sessions", SESSIONS_SCHEMA, stream=True)
+STREAM_SKETCHES = Table("sketches", SKETCHES_SCHEMA, stream=True)
+
+
+def table(name: str) -> Table:
+    """The lake table of this name; an unknown name is an error."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        known = ", ".join(TABLES)
+        raise ExpoError(f"no lake table {name!r}; the lake's tables: {known}") from None
 
 
 def require_lake(settings: Settings) -> None:
@@ -41,7 +152,7 @@ def require_lake(settings: Settings) -> None:
 
 def landing_partition(settings: Settings, hour: datetime) -> Path:
     """The landing folder of an hour."""
-    return settings.lake.landing_dir / f"hour={hour_key(hour)}"
+    return settings.lake.landing_dir / f"{LANDING_COLUMN}={hour_key(hour)}"
 
 
 def landing_files(settings: Settings, hour: datetime) -> list[Path]:
@@ -68,22 +179,6 @@ def read_landing(spark: SparkSession, files: list[Path]) -> DataFrame:
     return spark.read.text([str(p) for p in files])
 
 
-def table_path(settings: Settings, table: str) -> Path:
-    """Root folder of a lake table."""
-    return settings.lake.tables_dir / table
-
-
-def partition_path(settings: Settings, table: str, hour: datetime) -> Path:
-    """Folder of one hourly partition of a lake table."""
-    return table_path(settings, table) / f"{PARTITION_COLUMN}={hour_key(hour)}"
-
-
-def write_partition(df: DataFrame, settings: Settings, table: str, hour: datetime) -> None:
-    """Replace one hourly partition of a Parquet table with `df` (absolute, re-runnable)."""
-    path = partition_path(settings, table, hour)
-    df.write.mode("overwrite").parquet(str(path))
-
-
 def read_folders(
     spark: SparkSession, paths: list[Path] | list[str], schema: str, fmt: str = "parquet"
 ) -> DataFrame:
@@ -106,59 +201,14 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_partitions(
-    spark: SparkSession, settings: Settings, table: str, hours: list[datetime]
-) -> DataFrame:
-    """The rows of the hourly partitions that exist; missing hours contribute nothing."""
-    schema = TABLE_SCHEMAS.get(table) or SESSIONS_SCHEMA
-    fmt = "orc" if table == "sessions" else "parquet"
-    paths = [p for h in hours if (p := partition_path(settings, table, h)).is_dir()]
-    return read_folders(spark, paths, schema, fmt)
-
-
-def day_path(settings: Settings, table: str, day: date) -> Path:
-    """Folder of one daily partition of a lake table."""
-    return table_path(settings, table) / f"day={day.isoformat()}"
-
-
-def write_day(df: DataFrame, settings: Settings, table: str, day: date) -> None:
-    """Replace one daily partition of a Parquet table with `df` (absolute, re-runnable)."""
-    df.write.mode("overwrite").parquet(str(day_path(settings, table, day)))
-
-
-def read_days(
-    spark: SparkSession, settings: Settings, table: str, schema: str, days: list[date]
-) -> DataFrame:
-    """The rows of the daily partitions that exist; missing days contribute nothing."""
-    folders = [day_path(settings, table, d) for d in days]
-    return read_folders(spark, [p for p in folders if (p / "_SUCCESS").exists()], schema)
-
-
-def days_present(settings: Settings, table: str) -> list[date]:
-    """The days a daily table has been written for, sorted."""
-    root = table_path(settings, table)
-    if not root.is_dir():
-        return []
-    return sorted(
-        date.fromisoformat(p.name.removeprefix("day="))
-        for p in root.glob("day=*")
-        if (p / "_SUCCESS").exists()
-    )
-
-
-def has_partition(settings: Settings, table: str, hour: datetime) -> bool:
-    """Whether an hourly partition of a lake table has been written."""
-    return (partition_path(settings, table, hour) / "_SUCCESS").exists()
-
-
 def sessions_table(settings: Settings) -> str:
     """Qualified name of the Hive sessions table."""
-    return f"{settings.lake.hive_database}.sessions"
+    return f"{settings.lake.hive_database}.{SESSIONS.name}"
 
 
 def ensure_sessions_table(spark: SparkSession, settings: Settings) -> None:
     """Create the Hive external table `sessions` (ORC) over this lake, or re-point it here."""
-    location = table_path(settings, "sessions").resolve()
+    location = SESSIONS.root(settings).resolve()
     name = sessions_table(settings)
     try:
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {settings.lake.hive_database}")
@@ -168,7 +218,7 @@ def ensure_sessions_table(spark: SparkSession, settings: Settings) -> None:
                 return
             # An external table: dropping it forgets metadata only, never the files.
             spark.sql(f"DROP TABLE {name}")
-        columns = SESSIONS_SCHEMA.replace(" string", " STRING")
+        columns = SESSIONS.schema.replace(" string", " STRING")
         spark.sql(
             f"CREATE EXTERNAL TABLE {name} ({columns}) "
             f"PARTITIONED BY ({PARTITION_COLUMN} STRING) STORED AS ORC LOCATION '{location}'"
@@ -188,17 +238,12 @@ def ensure_sessions_table(spark: SparkSession, settings: Settings) -> None:
 
 def write_sessions(spark: SparkSession, settings: Settings, df: DataFrame, hour: datetime) -> None:
     """Replace the sessions partition of an hour and register it in the Hive metastore."""
-    path = partition_path(settings, "sessions", hour)
-    df.write.mode("overwrite").orc(str(path))
+    SESSIONS.write_partition(df, settings, hour)
+    path = SESSIONS.partition_path(settings, hour)
     spark.sql(
         f"ALTER TABLE {sessions_table(settings)} ADD IF NOT EXISTS "
         f"PARTITION ({PARTITION_COLUMN}='{hour_key(hour)}') LOCATION '{path.resolve()}'"
     )
-
-
-def remove_partition(settings: Settings, table: str, hour: datetime) -> None:
-    """Delete one hourly partition folder (used to reset a table in tests and tools)."""
-    shutil.rmtree(partition_path(settings, table, hour), ignore_errors=True)
 
 
 def count_rows(df: DataFrame) -> int:
@@ -212,7 +257,7 @@ def parquet_rows_by_partition(folder: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     return {
-        part.name.split("=", 1)[1]: sum(
+        Table.partition_value(part): sum(
             pq.ParquetFile(f).metadata.num_rows for f in part.glob("*.parquet")
         )
         for part in sorted(folder.glob("*=*"))

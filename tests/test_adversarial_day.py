@@ -96,7 +96,7 @@ def test_visitor_daily_adds_up_and_equals_the_oracle_per_visitor(adversarial_day
         [dg.AssetCheckKey(dg.AssetKey("visitor_daily"), "visitor_sums_equal_hourly_metrics")]
     ).values()
     assert execution.event.dagster_event.event_specific_data.passed is True
-    rows = pd.read_parquet(lake.day_path(settings, "visitor_daily", DAY))
+    rows = pd.read_parquet(lake.VISITOR_DAILY.partition_path(settings, DAY))
     compared = 0
     for spec in DEFAULT_EXPERIMENTS:
         for population in POPULATIONS:

@@ -75,7 +75,7 @@ def _store_sums(settings) -> dict:
 
 
 def _visitor_rows(settings) -> pd.DataFrame:
-    return pd.read_parquet(lake.day_path(settings, "visitor_daily", DAY))
+    return pd.read_parquet(lake.VISITOR_DAILY.partition_path(settings, DAY))
 
 
 def test_batch_analyses_the_finished_day(analysed):

@@ -137,7 +137,7 @@ def test_hand_built_hours_give_hand_computed_metrics(batch_env, spark):
     assert q3["beacons_total"] == 0.0  # an empty hour is processed, not an error
 
     # the quarantine keeps every rejected line with its reason
-    rejects = lake.read_partitions(spark, settings, "beacon_rejects", [H0]).collect()
+    rejects = lake.BEACON_REJECTS.read_partitions(spark, settings, [H0]).collect()
     assert sorted((r["reason"], r["raw"][:5]) for r in rejects) == [
         ("duplicate", '{"eve'),
         ("malformed_json", "{oops"),
@@ -190,14 +190,14 @@ def test_rerun_is_idempotent(batch_env, spark):
     first_store = values(settings)
     first_quality = values(settings, quality=True)
     first_sessions = sorted(
-        map(str, lake.read_partitions(spark, settings, "sessions", [H0, H1, H2, H3]).collect())
+        map(str, lake.SESSIONS.read_partitions(spark, settings, [H0, H1, H2, H3]).collect())
     )
     run_batch(build_defs(settings), H0, H2, progress=lambda line: None)
     run_batch(build_defs(settings), H1, H1, progress=lambda line: None)
     assert values(settings) == first_store
     assert values(settings, quality=True) == first_quality
     again = sorted(
-        map(str, lake.read_partitions(spark, settings, "sessions", [H0, H1, H2, H3]).collect())
+        map(str, lake.SESSIONS.read_partitions(spark, settings, [H0, H1, H2, H3]).collect())
     )
     assert again == first_sessions
 
@@ -242,8 +242,8 @@ def test_blocking_reject_rate_check_stops_the_hour(batch_env):
         "blocking asset check failed.*reject_rate_below_threshold",
     ):
         run_batch(build_defs(settings), H0, H0, progress=lambda line: None)
-    assert lake.has_partition(settings, "beacons", H0)  # written, then held back
-    assert not lake.has_partition(settings, "sessions", H0)
+    assert lake.BEACONS.has_partition(settings, H0)  # written, then held back
+    assert not lake.SESSIONS.has_partition(settings, H0)
 
 
 def test_hours_outside_the_partitions_are_refused(batch_env):
@@ -314,12 +314,12 @@ def test_visitors_24h_of_an_hour_whose_beacons_were_redone_come_from_the_new_bea
 
     write_landing(settings, H0, [beacon("L8", "v8", "s8", ts(H0, 30))], name="part-late.json")
     process_beacons(spark, settings, H0)
-    assert not lake.has_partition(settings, "visitor_sketches", H0)
+    assert not lake.VISITOR_SKETCHES.has_partition(settings, H0)
     with MetricStore(settings.lake.metric_store) as store:
         process_metrics(spark, settings, store, H1)
         assert values(settings)[key] == 3.0  # and v8
         process_sessions(spark, settings, H0)
-        assert lake.has_partition(settings, "visitor_sketches", H0)
+        assert lake.VISITOR_SKETCHES.has_partition(settings, H0)
         process_metrics(spark, settings, store, H1)
     assert values(settings)[key] == 3.0
 

@@ -142,7 +142,7 @@ def test_detail_names_the_first_field(spark):
 def test_blank_lines_are_not_beacons(spark):
     df = spark.createDataFrame([("",), ("   ",), (json.dumps(beacon()),)], "value string")
     classified = bc.classify_hour(df, HOUR_INDEX)
-    assert bc.quality_counts(classified) == {
+    assert bc.quality_counts(bc.reason_counts(classified)) == {
         "beacons_total": 1,
         "beacons_valid": 1,
         "beacons_duplicate": 0,
@@ -167,7 +167,7 @@ def test_duplicates_first_by_ts_counts(spark):
     reasons = sorted(r["reason"] for r in rows if r["reason"])
     assert reasons == ["bad_field", "duplicate", "duplicate"]
     df = spark.createDataFrame([(line,) for line in lines], "value string")
-    counts = bc.quality_counts(bc.classify_hour(df, HOUR_INDEX))
+    counts = bc.quality_counts(bc.reason_counts(bc.classify_hour(df, HOUR_INDEX)))
     assert counts["beacons_total"] == 5
     assert counts["beacons_valid"] == 2
     assert counts["beacons_duplicate"] == 2

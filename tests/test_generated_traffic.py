@@ -133,7 +133,9 @@ def test_spark_validation_agrees_with_the_report(tmp_path, spark):
     for path in report.files:
         key = path.parent.name.removeprefix("hour=")
         hour_index = hour_start_ms(parse_hour(key)) // HOUR_MS
-        counts = bc.quality_counts(bc.classify_hour(spark.read.text(str(path)), hour_index))
+        counts = bc.quality_counts(
+            bc.reason_counts(bc.classify_hour(spark.read.text(str(path)), hour_index))
+        )
         kinds = report.kinds_by_hour[key]
         assert counts == {
             "beacons_total": report.lines_by_hour[key],

@@ -12,10 +12,13 @@ from expo_platform.core.hours import HOUR_MS, hour_start_ms
 from expo_platform.core.metrics import (
     EXPERIMENT_METRICS,
     KEY,
+    at_least_exact,
     estimated_visitors,
+    exact_visitors,
     explode_facts,
     hourly_metrics,
     merge_sketches,
+    sketches_of_hours,
     visitor_sketches,
 )
 from expo_platform.core.visits import SESSIONS_SCHEMA, build_sessions
@@ -256,6 +259,44 @@ def test_small_sketches_are_exact(spark):
         .collect()
     )
     assert row["v"] == 1_500
+
+
+def _visitors(spark, *visitor_ids: str):
+    """Beacons of these visitors in experiment exp, variant A, not qualified."""
+    rows = [(v, [("exp", "A", False)]) for v in visitor_ids]
+    return spark.createDataFrame(rows, f"visitor_id string, experiments {bc.EXPERIMENTS_TYPE}")
+
+
+def test_an_hour_without_sketches_is_sketched_from_its_beacons(spark):
+    beacons = {0: _visitors(spark, "v1", "v2"), 1: _visitors(spark, "v2", "v3", "v4")}
+    kept = {0: visitor_sketches(beacons[0])}  # hour 1 has its beacons but no sketches
+    asked: dict[str, list] = {"sketches": [], "beacons": []}
+
+    def sketches_of(hours):
+        asked["sketches"].append(hours)
+        return union_all([kept[h] for h in hours])
+
+    def beacons_of(hours):
+        asked["beacons"].append(hours)
+        return union_all([beacons[h] for h in hours])
+
+    day = sketches_of_hours([0, 1], lambda h: h in kept, sketches_of, beacons_of)
+    assert asked == {"sketches": [[0]], "beacons": [[1]]}
+    (row,) = estimated_visitors(day, "v").where(F.col("population") == "assigned").collect()
+    assert row["v"] == 4  # v2, seen in both hours, counts once
+    # With every hour sketched the beacons are never read, and the other way round.
+    asked = {"sketches": [], "beacons": []}
+    sketches_of_hours([0], lambda h: True, sketches_of, beacons_of)
+    sketches_of_hours([0, 1], lambda h: False, sketches_of, beacons_of)
+    assert asked == {"sketches": [[0]], "beacons": [[0, 1]]}
+
+
+def test_an_estimate_is_never_below_the_exact_count(spark):
+    df = spark.createDataFrame([(None, 3), (2, 3), (5, 3)], "estimate long, exact long")
+    raised = df.select(at_least_exact("estimate", "exact")).collect()
+    assert [r[0] for r in raised] == [3, 3, 5]  # no estimate at all: the exact count
+    counted = exact_visitors(_visitors(spark, "v1", "v2", "v1"), "n").collect()
+    assert {(r["population"], r["n"]) for r in counted} == {("assigned", 2)}
 
 
 def test_sessions_rows_carry_state(spark):

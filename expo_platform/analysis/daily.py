@@ -21,7 +21,6 @@ from expo_platform import lake
 from expo_platform.analysis import stats
 from expo_platform.analysis.reports import render_trend_report
 from expo_platform.analysis.scorecards import (
-    VISITOR_DAILY_SCHEMA,
     experiments_in,
     per_visitor,
     visitor_facts,
@@ -59,12 +58,12 @@ def trend_report_path(settings: Settings, day: date, experiment: str, population
 
 def days_up_to(settings: Settings, last: date, first: date | None = None) -> list[date]:
     """The days of visitor_daily that exist in [first, last]."""
-    present = lake.days_present(settings, "visitor_daily")
+    present = lake.VISITOR_DAILY.days_present(settings)
     return [d for d in present if d <= last and (first is None or d >= first)]
 
 
 def _read_daily(spark: SparkSession, settings: Settings, days: list[date]) -> DataFrame:
-    return lake.read_days(spark, settings, "visitor_daily", VISITOR_DAILY_SCHEMA, days)
+    return lake.VISITOR_DAILY.read_days(spark, settings, days)
 
 
 def build_scorecard(
@@ -187,8 +186,8 @@ def process_trend_reports(
     start = datetime.combine(days[0], time(), UTC)
     end = datetime.combine(day, time(), UTC) + timedelta(days=1)  # exclusive
     hours = [start + ONE_HOUR * h for h in range(int((end - start) / ONE_HOUR))]
-    sessions = lake.read_partitions(spark, settings, "sessions", hours)
-    later = lake.read_partitions(spark, settings, "sessions", [*hours, end])
+    sessions = lake.SESSIONS.read_partitions(spark, settings, hours)
+    later = lake.SESSIONS.read_partitions(spark, settings, [*hours, end])
     hourly = visitor_facts(sessions, later, "hour_ms").persist(StorageLevel.MEMORY_AND_DISK)
     try:
         pairs = experiments_in(_read_daily(spark, settings, [day]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from expo_platform.core.hours import HOUR_MS
+from expo_platform.core.hours import HOUR_MS, event_hour_index
 from expo_platform.core.metrics import KEY, final_bounces
 
 VISITOR_METRICS = ("page_views", "visits", "bounces", "orders", "units", "revenue", "errors")
@@ -34,7 +34,7 @@ def visitor_facts(sessions: DataFrame, later_sessions: DataFrame, *by: str) -> D
     candidate whose visit went on in the next hour is no bounce. `by` may name `hour_ms`,
     the start of the hour of the sessions row.
     """
-    rows = sessions.withColumn("hour_ms", F.floor(F.col("last_ts") / HOUR_MS) * HOUR_MS)
+    rows = sessions.withColumn("hour_ms", event_hour_index("last_ts") * HOUR_MS)
     facts = rows.select("visit_id", "hour_ms", F.inline("facts"))
     return final_bounces(facts, later_sessions).groupBy(*KEY, "visitor_id", *by).agg(*_sums())
 

@@ -16,7 +16,6 @@ from pyspark.sql import functions as F
 
 from expo_platform import lake
 from expo_platform.analysis.scorecards import (
-    VISITOR_DAILY_SCHEMA,
     VISITOR_METRICS,
     key_totals,
     totals_mismatches,
@@ -28,22 +27,17 @@ from expo_platform.core.metrics import (
     EXPERIMENT_METRICS,
     KEY,
     metrics_of_hour,
+    sketches_of_hours,
     visitor_sketches,
 )
 from expo_platform.core.visits import build_sessions
 from expo_platform.errors import ExpoError
-from expo_platform.serving.store import MetricStore, Point, wide_points
+from expo_platform.serving.store import MetricStore, Point, quality_points, wide_points
 from expo_platform.settings import Settings
 from expo_platform.spark import object_hash_aggregate
 
 log = logging.getLogger(__name__)
 
-QUALITY_METRICS = (
-    "beacons_total",
-    "beacons_valid",
-    "beacons_duplicate",
-    *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS),
-)
 PREVIEW_ROWS = 10
 
 
@@ -76,10 +70,10 @@ def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> 
     try:
         # The hour's sketches describe the beacons being replaced: until process_sessions
         # writes new ones, visitors_24h sketches the hour from its beacons.
-        lake.remove_partition(settings, "visitor_sketches", hour)
-        lake.write_partition(bc.counted_beacons(classified), settings, "beacons", hour)
-        lake.write_partition(bc.rejected_beacons(classified), settings, "beacon_rejects", hour)
-        counts = {"files": len(files), **bc.quality_counts(classified)}
+        lake.VISITOR_SKETCHES.remove_partition(settings, hour)
+        lake.BEACONS.write_partition(bc.counted_beacons(classified), settings, hour)
+        lake.BEACON_REJECTS.write_partition(bc.rejected_beacons(classified), settings, hour)
+        counts = {"files": len(files), **bc.quality_counts(bc.reason_counts(classified))}
         preview = {
             "beacons": _sample(
                 bc.counted_beacons(classified), "event_id", "visitor_id", "session_id", "ts", "type"
@@ -96,39 +90,28 @@ def process_beacons(spark: SparkSession, settings: Settings, hour: datetime) -> 
     return StepResult(hour, counts, preview)
 
 
-def quality_points(settings: Settings, spark: SparkSession, hour: datetime) -> list[Point]:
+def hour_quality_points(settings: Settings, spark: SparkSession, hour: datetime) -> list[Point]:
     """The hour's data-quality points (METRICS.md section 5), read back from the tables."""
-    valid = lake.count_rows(lake.read_partitions(spark, settings, "beacons", [hour]))
-    rejects = lake.read_partitions(spark, settings, "beacon_rejects", [hour])
-    by_reason = {
-        r["reason"]: r["n"]
-        for r in rejects.groupBy("reason").count().withColumnRenamed("count", "n").collect()
-    }
-    counts = {
-        "beacons_total": valid + sum(by_reason.values()),
-        "beacons_valid": valid,
-        "beacons_duplicate": by_reason.get(bc.DUPLICATE, 0),
-        **{f"beacons_rejected_{r}": by_reason.get(r, 0) for r in bc.REJECT_REASONS},
-    }
-    return [
-        Point(m, "", "", "", hour_iso(hour), "batch", float(counts[m])) for m in QUALITY_METRICS
-    ]
+    valid = lake.count_rows(lake.BEACONS.read_partitions(spark, settings, [hour]))
+    rejects = bc.reason_counts(lake.BEACON_REJECTS.read_partitions(spark, settings, [hour]))
+    counts = bc.quality_counts({None: valid, **rejects})
+    return quality_points(counts, bc.QUALITY_METRICS, hour_iso(hour), "batch")
 
 
 def write_quality(
     spark: SparkSession, settings: Settings, store: MetricStore, hour: datetime
 ) -> StepResult:
     """Write the hour's data-quality points, layer batch."""
-    points = quality_points(settings, spark, hour)
-    store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=QUALITY_METRICS)
+    points = hour_quality_points(settings, spark, hour)
+    store.replace(points, layer="batch", hours=[hour_iso(hour)], metrics=bc.QUALITY_METRICS)
     return StepResult(hour, {p.metric: int(p.value) for p in points})
 
 
 def _require_previous_sessions(settings: Settings, hour: datetime) -> None:
     """Visits carry across hours, so hour H needs H-1's sessions unless H-1 had no data."""
     previous = hour - ONE_HOUR
-    if previous < settings.batch.partitions_start or lake.has_partition(
-        settings, "sessions", previous
+    if previous < settings.batch.partitions_start or lake.SESSIONS.has_partition(
+        settings, previous
     ):
         return
     if lake.landing_files(settings, previous):
@@ -141,17 +124,17 @@ def _require_previous_sessions(settings: Settings, hour: datetime) -> None:
 def process_sessions(spark: SparkSession, settings: Settings, hour: datetime) -> StepResult:
     """Sessionize an hour's beacons, continuing the visits open at the end of the hour before;
     sketch its visitors per experiment key (`visitor_sketches`, for visitors_24h)."""
-    if not lake.has_partition(settings, "beacons", hour):
+    if not lake.BEACONS.has_partition(settings, hour):
         raise ExpoError(f"beacons of {hour_label(hour)} are not materialized yet")
     _require_previous_sessions(settings, hour)
     lake.ensure_sessions_table(spark, settings)
-    beacons = lake.read_partitions(spark, settings, "beacons", [hour])
-    previous = lake.read_partitions(spark, settings, "sessions", [hour - ONE_HOUR])
+    beacons = lake.BEACONS.read_partitions(spark, settings, [hour])
+    previous = lake.SESSIONS.read_partitions(spark, settings, [hour - ONE_HOUR])
     rows = build_sessions(beacons, previous, hour_start_ms(hour))
     lake.write_sessions(spark, settings, rows, hour)
     with object_hash_aggregate(spark):
-        lake.write_partition(visitor_sketches(beacons), settings, "visitor_sketches", hour)
-    written = lake.read_partitions(spark, settings, "sessions", [hour])
+        lake.VISITOR_SKETCHES.write_partition(visitor_sketches(beacons), settings, hour)
+    written = lake.SESSIONS.read_partitions(spark, settings, [hour])
     summary = written.agg(
         F.count(F.lit(1)).alias("visits_active"),
         F.count(F.when(F.col("continued"), 1)).alias("visits_continued"),
@@ -175,7 +158,7 @@ def _require_final(settings: Settings, what: str, hours: list[datetime]) -> None
         raise ExpoError(f"{what} are final only once hour {hour_label(last)} has ended")
     for needed in hours:
         # An hour without landing files is an empty hour: it has no sessions to wait for.
-        if not lake.has_partition(settings, "sessions", needed) and lake.landing_files(
+        if not lake.SESSIONS.has_partition(settings, needed) and lake.landing_files(
             settings, needed
         ):
             raise ExpoError(
@@ -191,7 +174,7 @@ def process_metrics(
     _require_final(settings, f"experiment_metrics of {hour_label(hour)}", [hour, following])
     with object_hash_aggregate(spark):
         wide = metrics_of_hour(
-            lambda hours: lake.read_partitions(spark, settings, "sessions", hours),
+            lambda hours: lake.SESSIONS.read_partitions(spark, settings, hours),
             lambda hours: _sketches(spark, settings, hours),
             hour,
         ).collect()
@@ -207,13 +190,14 @@ def process_metrics(
 def _sketches(spark: SparkSession, settings: Settings, hours: list[datetime]) -> DataFrame:
     """The visitor sketches of these hours. An hour whose beacons were processed before
     sketches existed (or in between the two assets) is sketched from its beacons."""
-    written = [h for h in hours if lake.has_partition(settings, "visitor_sketches", h)]
-    older = [h for h in hours if h not in written and lake.has_partition(settings, "beacons", h)]
-    sketches = lake.read_partitions(spark, settings, "visitor_sketches", written)
-    if older:
-        beacons = lake.read_partitions(spark, settings, "beacons", older)
-        sketches = sketches.unionByName(visitor_sketches(beacons))
-    return sketches
+    return sketches_of_hours(
+        hours,
+        lambda hour: lake.VISITOR_SKETCHES.has_partition(settings, hour),
+        lambda hours: lake.VISITOR_SKETCHES.read_partitions(spark, settings, hours),
+        lambda hours: lake.BEACONS.read_partitions(
+            spark, settings, [h for h in hours if lake.BEACONS.has_partition(settings, h)]
+        ),
+    )
 
 
 def process_visitor_daily(spark: SparkSession, settings: Settings, day: date) -> StepResult:
@@ -222,10 +206,10 @@ def process_visitor_daily(spark: SparkSession, settings: Settings, day: date) ->
     hours = [first + ONE_HOUR * h for h in range(24)]
     following = first + ONE_HOUR * 24
     _require_final(settings, f"visitor_daily of {day}", [*hours, following])
-    day_sessions = lake.read_partitions(spark, settings, "sessions", hours)
-    later = lake.read_partitions(spark, settings, "sessions", [*hours, following])
-    lake.write_day(visitor_daily(day_sessions, later), settings, "visitor_daily", day)
-    written = lake.read_days(spark, settings, "visitor_daily", VISITOR_DAILY_SCHEMA, [day])
+    day_sessions = lake.SESSIONS.read_partitions(spark, settings, hours)
+    later = lake.SESSIONS.read_partitions(spark, settings, [*hours, following])
+    lake.VISITOR_DAILY.write_partition(visitor_daily(day_sessions, later), settings, day)
+    written = lake.VISITOR_DAILY.read_days(spark, settings, [day])
     summary = written.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count_distinct("visitor_id").alias("visitors"),
@@ -243,7 +227,7 @@ def check_visitor_daily(
     Returns the number of keys compared and the mismatches (none when the day is right).
     """
     first = datetime.combine(day, time(), UTC)
-    daily = lake.read_days(spark, settings, "visitor_daily", VISITOR_DAILY_SCHEMA, [day])
+    daily = lake.VISITOR_DAILY.read_days(spark, settings, [day])
     points = store.values(
         layer="batch", hour_from=hour_iso(first), hour_to=hour_iso(first + ONE_HOUR * 23)
     )

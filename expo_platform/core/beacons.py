@@ -9,14 +9,17 @@ reading its own `$.path` took 26 scans a line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from expo_platform.core.hours import HOUR_MS
+from expo_platform.core.hours import event_hour_index
 
 BEACON_TYPES = ("page_view", "add_to_cart", "order", "error")
 REJECT_REASONS = ("malformed_json", "missing_field", "bad_field", "wrong_partition")
 DUPLICATE = "duplicate"
+LATE = "late"  # the speed layer's: valid, but behind its watermark
 VALID = "valid"
 
 EXPERIMENTS_TYPE = "array<struct<id:string,variant:string,qualified:boolean>>"
@@ -348,7 +351,7 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
 
 def check_partition(beacons: DataFrame, hour_index: int) -> DataFrame:
     """Reject, as `wrong_partition`, valid beacons whose ts lies outside the landing hour."""
-    outside = F.col("reason").isNull() & (F.floor(F.col("ts") / HOUR_MS) != F.lit(hour_index))
+    outside = F.col("reason").isNull() & (event_hour_index("ts") != F.lit(hour_index))
     return beacons.withColumns(
         {
             "reason": F.when(outside, F.lit("wrong_partition")).otherwise(F.col("reason")),
@@ -400,16 +403,49 @@ def rejected_beacons(classified: DataFrame) -> DataFrame:
     )
 
 
-def quality_counts(classified: DataFrame) -> dict[str, int]:
-    """Data-quality metrics of one hour (METRICS.md section 5), with every reason present."""
-    by_reason = {
-        row["reason"]: row["n"]
-        for row in classified.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
-    }
-    counts = {
-        "beacons_total": sum(by_reason.values()),
-        "beacons_valid": by_reason.get(None, 0),
-        "beacons_duplicate": by_reason.get(DUPLICATE, 0),
-    }
-    counts.update({f"beacons_rejected_{r}": by_reason.get(r, 0) for r in REJECT_REASONS})
+def quality_metrics(
+    reasons: Sequence[str] = REJECT_REASONS, *, late: bool = False
+) -> tuple[str, ...]:
+    """The data-quality metrics of a layer that rejects for `reasons` (METRICS.md, Data
+    quality); the speed layer also counts its `late` beacons."""
+    return (
+        "beacons_total",
+        "beacons_valid",
+        "beacons_duplicate",
+        *(("beacons_late",) if late else ()),
+        *(f"beacons_rejected_{r}" for r in reasons),
+    )
+
+
+QUALITY_METRICS = quality_metrics()
+
+
+def _quality_metric(reason: str | None) -> str:
+    """The data-quality metric that counts a line with this reason (None: counted)."""
+    named = {None: "beacons_valid", DUPLICATE: "beacons_duplicate", LATE: "beacons_late"}
+    return named.get(reason) or f"beacons_rejected_{reason}"
+
+
+def quality_counts(
+    by_reason: Mapping[str | None, int], metrics: Sequence[str] = QUALITY_METRICS
+) -> dict[str, int]:
+    """The data-quality counts of one hour from its lines counted per reason: None for the
+    counted beacons, DUPLICATE, LATE (the speed layer) or a reason of REJECT_REASONS.
+
+    Every metric of `metrics` is present (0 when no line has its reason); `beacons_total` is
+    every line. Both layers call this with the counts they have.
+    """
+    counts = dict.fromkeys(metrics, 0)
+    for reason, n in by_reason.items():
+        metric = _quality_metric(reason)
+        if metric not in counts:
+            raise ValueError(f"no data-quality metric among {metrics} counts reason {reason!r}")
+        counts[metric] += n
+    counts["beacons_total"] = sum(by_reason.values())
     return counts
+
+
+def reason_counts(lines: DataFrame) -> dict[str | None, int]:
+    """How many lines have each `reason` (None for the counted beacons)."""
+    rows = lines.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
+    return {row["reason"]: row["n"] for row in rows}

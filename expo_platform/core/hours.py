@@ -6,13 +6,18 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
 from expo_platform.errors import ExpoError
 
 HOUR_MS = 3_600_000
 ONE_HOUR = timedelta(hours=1)
 
-# The partition key, the landing folder suffix and the Hive partition value share one format.
+# The partition key, the landing folder suffix and the Hive partition value share one format
+# (KEY_FORMAT in Python, SPARK_KEY_FORMAT in Spark's datetime patterns; Spark runs in UTC).
 KEY_FORMAT = "%Y-%m-%d-%H"
+SPARK_KEY_FORMAT = "yyyy-MM-dd-HH"
 _HOUR_TEXT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T -](\d{2})(?::00(?::00)?Z?)?$")
 
 
@@ -65,3 +70,17 @@ def hour_range(first: datetime, last: datetime) -> Iterator[datetime]:
 def truncate_hour(moment: datetime) -> datetime:
     """The hour that contains `moment`."""
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def event_hour_index(ts: Column | str) -> Column:
+    """The number of the hour of an epoch-millisecond column, `floor(ts / HOUR_MS)`, the
+    hour `event_hour_col` names: what a landing hour's beacons are compared with, as it
+    holds for any `ts` (Spark's timestamps end in the year 294,247)."""
+    column = F.col(ts) if isinstance(ts, str) else ts
+    return F.floor(column / HOUR_MS)
+
+
+def event_hour_col(ts: Column | str) -> Column:
+    """The partition value of the hour of an epoch-millisecond column, `2026-03-02-05`
+    (`hour_key` of `hour_of_ms`): the event hour that files are landed and kept by."""
+    return F.date_format(F.timestamp_millis(ts), SPARK_KEY_FORMAT)

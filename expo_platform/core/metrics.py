@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from expo_platform.core.hours import ONE_HOUR
@@ -56,6 +56,11 @@ def final_bounces(facts: DataFrame, next_sessions: DataFrame) -> DataFrame:
     )
 
 
+def _visitor_keys(beacons: DataFrame, *by: str) -> DataFrame:
+    """One row per beacon and population of it: (`by` columns, visitor_id, KEY)."""
+    return beacons.select(*by, "visitor_id", F.inline(populations(F.col("experiments"))))
+
+
 def visitor_sketches(beacons: DataFrame, *by: str) -> DataFrame:
     """Per key (and `by` columns): a HyperLogLog sketch (`sketch`) of the beacons' visitor_ids.
 
@@ -63,10 +68,45 @@ def visitor_sketches(beacons: DataFrame, *by: str) -> DataFrame:
     merging the same beacons twice changes nothing, so a replay keeps them right.
     """
     return (
-        beacons.select(*by, "visitor_id", F.inline(populations(F.col("experiments"))))
+        _visitor_keys(beacons, *by)
         .groupBy(*by, *KEY)
         .agg(F.hll_sketch_agg("visitor_id", SKETCH_LG_K).alias("sketch"))
     )
+
+
+def exact_visitors(beacons: DataFrame, name: str) -> DataFrame:
+    """Per key: the distinct visitors of the beacons, counted exactly, in column `name`."""
+    return _visitor_keys(beacons).groupBy(*KEY).agg(F.count_distinct("visitor_id").alias(name))
+
+
+def sketches_of_hours(
+    hours: Iterable[datetime],
+    sketched: Callable[[datetime], bool],
+    sketches_of: Callable[[list[datetime]], DataFrame],
+    beacons_of: Callable[[list[datetime]], DataFrame],
+    *by: str,
+) -> DataFrame:
+    """The visitor sketches of these hours: the kept ones of every hour that has them
+    (`sketched`), and for every other hour the sketches of its beacons (`visitor_sketches`,
+    grouped by the `by` columns too). A re-run of an hour's beacons, a crash between the
+    beacons and their sketches, or a lake from before sketches leaves an hour without them.
+
+    `sketches_of` and `beacons_of` read a layer's rows of the hours they are given; neither
+    is called with no hours, unless `hours` is empty.
+    """
+    hours = list(hours)
+    kept = [hour for hour in hours if sketched(hour)]
+    missing = [hour for hour in hours if hour not in kept]
+    if not missing:
+        return sketches_of(kept)
+    rebuilt = visitor_sketches(beacons_of(missing), *by)
+    return sketches_of(kept).unionByName(rebuilt) if kept else rebuilt
+
+
+def at_least_exact(estimate: Column | str, exact: Column | str) -> Column:
+    """An estimate of distinct visitors raised to an exact count of some of them (a day's
+    visitors include its last hour's): a sketch's error must not put it below what is known."""
+    return F.greatest(estimate, exact)
 
 
 def merge_sketches(sketches: DataFrame, *by: str) -> DataFrame:
@@ -97,7 +137,7 @@ def hourly_metrics(
     # estimate below the exact count of the hour is raised to it.
     return (
         hourly.join(visitors_24h, list(KEY), "left")
-        .withColumn("visitors_24h", F.greatest("visitors_24h", "visitors"))
+        .withColumn("visitors_24h", at_least_exact("visitors_24h", "visitors"))
         .select(*KEY, *[F.col(m).cast("double").alias(m) for m in EXPERIMENT_METRICS])
     )
 

@@ -8,7 +8,7 @@ absolute value, never an increment, so replays and re-runs are idempotent.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,3 +285,11 @@ def wide_points(rows: list, metrics: Sequence[str], hour: str, layer: str) -> li
         for r in rows
         for m in metrics
     ]
+
+
+def quality_points(
+    counts: Mapping[str, int], metrics: Sequence[str], hour: str, layer: str
+) -> list[Point]:
+    """Store points of an hour's data-quality counts (`beacons.quality_counts`), one per
+    metric, without an experiment key; a metric missing from `counts` is 0."""
+    return [Point(m, "", "", "", hour, layer, float(counts.get(m, 0))) for m in metrics]

@@ -56,6 +56,7 @@ from expo_platform.core import beacons as bc
 from expo_platform.core.hours import (
     HOUR_MS,
     ONE_HOUR,
+    event_hour_col,
     hour_iso,
     hour_key,
     hour_of_ms,
@@ -66,15 +67,18 @@ from expo_platform.core.hours import (
 from expo_platform.core.metrics import (
     EXPERIMENT_METRICS,
     KEY,
-    SKETCHES_SCHEMA,
+    at_least_exact,
     estimated_visitors,
+    exact_visitors,
     merge_sketches,
     metrics_of_hour,
+    sketches_of_hours,
     visitor_sketches,
 )
-from expo_platform.core.visits import SESSIONS_SCHEMA, build_sessions, populations
+from expo_platform.core.visits import build_sessions
 from expo_platform.errors import ExpoError
-from expo_platform.serving.store import MetricStore, Point, wide_points
+from expo_platform.lake import LANDING_COLUMN, STREAM_BEACONS, STREAM_SESSIONS, STREAM_SKETCHES
+from expo_platform.serving.store import MetricStore, Point, quality_points, wide_points
 from expo_platform.settings import JVM_OPTIONS, Settings
 from expo_platform.spark import object_hash_aggregate
 from expo_platform.speed.kafka_source import end_offsets_of_batch, read_ranges, read_stream
@@ -90,13 +94,12 @@ WATERMARK_QUANTILE = 0.99
 MINUTE_MS = 60_000
 ROLLING_1H, ROLLING_24H = "visitors_rolling_1h", "visitors_rolling_24h"
 ROLLING = (ROLLING_1H, ROLLING_24H)
-STREAM_QUALITY = (
-    "beacons_total",
-    "beacons_valid",
-    "beacons_duplicate",
-    "beacons_late",
-    *(f"beacons_rejected_{r}" for r in bc.REJECT_REASONS if r != "wrong_partition"),
+# The stream rejects what the batch layer does but `wrong_partition` (it has no landing hour).
+STREAM_QUALITY = bc.quality_metrics(
+    [r for r in bc.REJECT_REASONS if r != "wrong_partition"], late=True
 )
+# A message's event hour (`event_hour_col`), the partition column of the stream's tables.
+EVENT_HOUR = STREAM_BEACONS.partition_column
 JOB_DESCRIPTION = "spark.job.description"  # what the Spark UI shows for a job
 DEDUP_STATE_HOURS = 12  # how long the query's state remembers an event_id after it arrived
 FIRST_SIGHTING = "first_sighting"  # the column that tells the state's rows from messages
@@ -185,9 +188,9 @@ class StreamFiles:
         self.landing = settings.lake.landing_dir
         self.checkpoint = self.root / "checkpoint"
         self.progress_dir = self.root / "progress"
-        self.beacons_dir = self.root / "beacons"
-        self.sessions_dir = self.root / "sessions"
-        self.sketches_dir = self.root / "sketches"
+        self.beacons_dir = STREAM_BEACONS.root(settings)
+        self.sessions_dir = STREAM_SESSIONS.root(settings)
+        self.sketches_dir = STREAM_SKETCHES.root(settings)
         self.quarantine_dir = self.root / "quarantine"
         self.tmp_dir = self.root / "_tmp"
 
@@ -225,23 +228,18 @@ class StreamFiles:
 
     def beacon_paths(self, hour: datetime, upto: str) -> list[Path]:
         """Counted-beacon folders of an hour written by batches up to `upto` (inclusive)."""
-        part = f"hourly_partitioner={hour_key(hour)}"
-        return [d / part for d in self.batch_folders(upto) if (d / part).is_dir()]
+        paths = [STREAM_BEACONS.partition_in(d, hour) for d in self.batch_folders(upto)]
+        return [p for p in paths if p.is_dir()]
 
     def session_path(self, hour: datetime) -> Path:
-        return self.sessions_dir / f"hourly_partitioner={hour_key(hour)}"
+        return STREAM_SESSIONS.partition_in(self.sessions_dir, hour)
 
     def sketch_path(self, hour: datetime) -> Path:
-        return self.sketches_dir / f"hourly_partitioner={hour_key(hour)}"
+        return STREAM_SKETCHES.partition_in(self.sketches_dir, hour)
 
     def hours_with_beacons(self, upto: str) -> list[datetime]:
         """Hours that counted beacons of batches up to `upto` fall in."""
-        hours = {
-            p.name.split("=", 1)[1]
-            for d in self.batch_folders(upto)
-            for p in d.glob("hourly_partitioner=*")
-        }
-        return sorted(parse_hour(h) for h in hours)
+        return sorted({h for d in self.batch_folders(upto) for h in STREAM_BEACONS.hours_in(d)})
 
 
 def _parsed(messages: DataFrame) -> DataFrame:
@@ -250,17 +248,13 @@ def _parsed(messages: DataFrame) -> DataFrame:
         messages.select(_one_line("value"), "partition", "offset")
         .transform(bc.drop_blank_lines)
         .transform(bc.parse_beacons)
-        .withColumn("hourly_partitioner", F.when(F.col("ts") > 0, _hour_of("ts")))
+        .withColumn(EVENT_HOUR, F.when(F.col("ts") > 0, event_hour_col("ts")))
     )
 
 
 def _one_line(value: str) -> F.Column:
     """A message as one landing-zone line: line breaks become spaces."""
     return F.regexp_replace(value, "[\\r\\n]+", " ").alias(value)
-
-
-def _hour_of(ts: str) -> F.Column:
-    return F.date_format(F.timestamp_millis(F.col(ts)), "yyyy-MM-dd-HH")
 
 
 class MicroBatch:
@@ -383,13 +377,11 @@ class MicroBatch:
         late = valid & (F.col("ts") < F.lit(watermark)) if watermark is not None else F.lit(False)
         classified = parsed.withColumn(
             "reason",
-            F.when(late, F.lit("late")).otherwise(F.col("reason")),
+            F.when(late, F.lit(bc.LATE)).otherwise(F.col("reason")),
         )
         on_time = classified.where(F.col("reason").isNull())
         with self.step("hours"):
-            hours = [
-                parse_hour(r[0]) for r in on_time.select("hourly_partitioner").distinct().collect()
-            ]
+            hours = [parse_hour(r[0]) for r in on_time.select(EVENT_HOUR).distinct().collect()]
             earlier = self._earlier_epochs_event_ids(spark, hours)
         checked = (
             bc.mark_duplicates(on_time)
@@ -407,9 +399,9 @@ class MicroBatch:
         # The batch's folder is replaced as a whole (static overwrite writes its _SUCCESS).
         folder = self.files.beacons_dir / f"batch={key}"
         with self.step("counted_write"):
-            writer = counted.select(*bc.BEACON_COLUMNS, "hourly_partitioner").write
+            writer = counted.select(*bc.BEACON_COLUMNS, EVENT_HOUR).write
             writer.mode("overwrite").option("partitionOverwriteMode", "static").partitionBy(
-                "hourly_partitioner"
+                EVENT_HOUR
             ).parquet(str(folder))
         with self.step("sketches"):
             self._update_sketches(spark, key, on_time, hours)
@@ -427,14 +419,14 @@ class MicroBatch:
             messages=message_count,
             max_ts=max(known) if known else None,
             quality=self._add_quality(previous.quality, batch_counts),
-            no_event_time=previous.no_event_time + batch_counts.pop("", Counter())["beacons_total"],
+            no_event_time=previous.no_event_time + batch_counts.pop("", {}).get("beacons_total", 0),
         )
         with self.step("quality"):
             self._write_quality(progress, set(batch_counts))
         if hours:
             # Every on-time beacon's session, duplicates too: a beacon that an earlier epoch
             # counted (`_earlier_epochs_event_ids`) may be missing from that epoch's visits.
-            touched = on_time.select("hourly_partitioner", "session_id").distinct()
+            touched = on_time.select(EVENT_HOUR, "session_id").distinct()
             self._recompute(spark, min(hours), key, touched)
         if progress.max_ts is not None and self.writes:
             with self.step("rolling"):
@@ -459,14 +451,14 @@ class MicroBatch:
             old.unlink()  # a replayed batch writes its files again
         tmp = self.files.tmp_dir / f"landing-{key}"
         shutil.rmtree(tmp, ignore_errors=True)
-        dated = parsed.where(F.col("hourly_partitioner").isNotNull())
+        dated = parsed.where(F.col(EVENT_HOUR).isNotNull())
         landed = self.lease.landed(self.settings.stream.kafka_topic) if self.lease else {}
         for partition, offset in landed.items():
             dated = dated.where((F.col("partition") != partition) | (F.col("offset") >= offset))
-        dated.select(F.col("hourly_partitioner").alias("hour"), "raw").write.partitionBy(
-            "hour"
+        dated.select(F.col(EVENT_HOUR).alias(LANDING_COLUMN), "raw").write.partitionBy(
+            LANDING_COLUMN
         ).text(str(tmp))
-        for folder in sorted(tmp.glob("hour=*")):
+        for folder in sorted(tmp.glob(f"{LANDING_COLUMN}=*")):
             target = self.files.landing / folder.name
             target.mkdir(parents=True, exist_ok=True)
             for i, part in enumerate(sorted(folder.glob("part-*"))):
@@ -478,7 +470,7 @@ class MicroBatch:
 
     def _quarantine(self, parsed: DataFrame, key: str) -> None:
         """Messages without an event time, with their reason, in the stream's own files."""
-        parsed.where(F.col("hourly_partitioner").isNull()).select(
+        parsed.where(F.col(EVENT_HOUR).isNull()).select(
             "raw",
             F.coalesce("reason", F.lit("bad_field")).alias("reason"),
             F.coalesce("detail", F.lit("ts")).alias("detail"),
@@ -507,10 +499,7 @@ class MicroBatch:
         newest = "9999"  # after every batch key
         progress = self.files.progress_before(newest)
         self._write_quality(progress, set(progress.quality))
-        hours = sorted(
-            parse_hour(p.name.split("=", 1)[1])
-            for p in self.files.sessions_dir.glob("hourly_partitioner=*")
-        )
+        hours = STREAM_SESSIONS.hours_in(self.files.sessions_dir)
         self._publish(spark, hours)
         if progress.max_ts is not None:
             self._rolling(spark, progress.max_ts, newest)
@@ -529,39 +518,28 @@ class MicroBatch:
         """
         before = f"{self.epoch:04d}-"
         paths = [p for h in hours for p in self.files.beacon_paths(h, before)]
-        beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
-        return beacons.select("event_id").distinct()
+        return STREAM_BEACONS.read(spark, paths).select("event_id").distinct()
 
     @staticmethod
-    def _quality(classified: DataFrame, counted_folder: Path) -> dict[str, Counter]:
+    def _quality(classified: DataFrame, counted_folder: Path) -> dict[str, dict[str, int]]:
         """Per hour key ("" for no event time): counts of this batch by metric.
 
         Counted beacons are the rows of the batch's folder (from the Parquet footers, so the
         de-duplication is not computed twice); the on-time beacons not counted are duplicates.
         """
-        out: dict[str, Counter] = {}
-        on_time: Counter = Counter()  # valid and not late, per hour: counted or duplicate
-        reasons = classified.groupBy(
-            F.coalesce("hourly_partitioner", F.lit("")).alias("h"), "reason"
-        ).count()
+        by_hour: dict[str, dict[str | None, int]] = {}
+        reasons = classified.groupBy(F.coalesce(EVENT_HOUR, F.lit("")).alias("h"), "reason").count()
         for r in reasons.collect():
-            counts = out.setdefault(r["h"], Counter())
-            if r["reason"] is None:
-                on_time[r["h"]] += r["count"]
-            elif r["reason"] == "late":
-                counts["beacons_late"] += r["count"]
-            else:
-                counts[f"beacons_rejected_{r['reason']}"] += r["count"]
+            by_hour.setdefault(r["h"], {})[r["reason"]] = r["count"]
         counted = lake.parquet_rows_by_partition(counted_folder)
-        for hour, rows in on_time.items():
-            out[hour]["beacons_valid"] += counted.get(hour, 0)
-            out[hour]["beacons_duplicate"] += rows - counted.get(hour, 0)
-        for counts in out.values():
-            counts["beacons_total"] = sum(v for k, v in counts.items() if k != "beacons_total")
-        return out
+        for hour, by_reason in by_hour.items():
+            on_time = by_reason.pop(None, 0)  # valid and not late: counted or duplicate
+            by_reason[None] = counted.get(hour, 0)
+            by_reason[bc.DUPLICATE] = on_time - counted.get(hour, 0)
+        return {h: bc.quality_counts(r, STREAM_QUALITY) for h, r in by_hour.items()}
 
     @staticmethod
-    def _add_quality(before: dict, batch: dict[str, Counter]) -> dict[str, dict[str, int]]:
+    def _add_quality(before: dict, batch: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         totals = {h: dict(c) for h, c in before.items()}
         for h, counts in batch.items():
             if h:
@@ -572,17 +550,11 @@ class MicroBatch:
 
     def _write_quality(self, progress: Progress, hours: set[str]) -> None:
         points = [
-            Point(
-                m,
-                "",
-                "",
-                "",
-                hour_iso(parse_hour(h)),
-                "speed",
-                float(progress.quality[h].get(m, 0)),
-            )
+            point
             for h in sorted(hours - {""})
-            for m in STREAM_QUALITY
+            for point in quality_points(
+                progress.quality[h], STREAM_QUALITY, hour_iso(parse_hour(h)), "speed"
+            )
         ]
         if points and self.writes:
             hour_list = sorted({p.hour for p in points})
@@ -595,7 +567,7 @@ class MicroBatch:
 
     def _sessions(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
         paths = [p for h in hours if (p := self.files.session_path(h)).is_dir()]
-        return lake.read_folders(spark, paths, SESSIONS_SCHEMA)
+        return STREAM_SESSIONS.read(spark, paths)
 
     def _recompute(
         self, spark: SparkSession, first: datetime, key: str, touched: DataFrame
@@ -614,7 +586,7 @@ class MicroBatch:
     ) -> None:
         """Sessions rows of these hours, in order, after batch `key` counted its beacons.
 
-        `touched` holds (hourly_partitioner, session_id) of the batch's on-time beacons. Only
+        `touched` holds (EVENT_HOUR, session_id) of the batch's on-time beacons. Only
         those sessions are sessionized again: a session's rows in hour H follow from its
         beacons in H and its rows in H - 1, so they change only if the batch has a beacon of
         it in H or an earlier hour. Every other session keeps its rows. The result equals
@@ -627,11 +599,11 @@ class MicroBatch:
             if not paths:
                 shutil.rmtree(target, ignore_errors=True)
                 continue
-            beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA)
+            beacons = STREAM_BEACONS.read(spark, paths)
             carried = self._sessions(spark, [hour - ONE_HOUR])
             if target.is_dir():
                 sessions = F.broadcast(
-                    touched.where(F.col("hourly_partitioner") <= hour_key(hour))
+                    touched.where(F.col(EVENT_HOUR) <= hour_key(hour))
                     .select("session_id")
                     .distinct()
                 )
@@ -684,34 +656,39 @@ class MicroBatch:
         written = sorted(set(hours) | missing)
         if not written:
             return
-        hour_column = "hourly_partitioner"
-        sketches = [visitor_sketches(on_time, hour_column)]
-        for hour in written:
-            if hour in missing:
-                paths = self.files.beacon_paths(hour, key)
-                all_counted = self._by_hour(lake.read_folders(spark, paths, bc.BEACON_SCHEMA), hour)
-                sketches.append(visitor_sketches(all_counted, hour_column))
-            else:
-                sketches.append(self._by_hour(self._sketches(spark, [hour]), hour))
-        merged = merge_sketches(lake.union_all(sketches), hour_column)
+        kept = sketches_of_hours(
+            written,
+            lambda hour: hour not in missing,
+            lambda hours: self._by_hour(hours, lambda hour: self._sketches(spark, [hour])),
+            lambda hours: self._by_hour(
+                hours, lambda hour: STREAM_BEACONS.read(spark, self.files.beacon_paths(hour, key))
+            ),
+            EVENT_HOUR,
+        )
+        merged = merge_sketches(
+            lake.union_all([visitor_sketches(on_time, EVENT_HOUR), kept]), EVENT_HOUR
+        )
         tmp = self.files.tmp_dir / f"sketches-{key}"
         with object_hash_aggregate(spark):
-            merged.write.mode("overwrite").partitionBy(hour_column).parquet(str(tmp))
+            merged.write.mode("overwrite").partitionBy(EVENT_HOUR).parquet(str(tmp))
         for hour in written:
-            new = tmp / self.files.sketch_path(hour).name
+            new = STREAM_SKETCHES.partition_in(tmp, hour)
             if not new.is_dir():  # no beacon of the hour is in an experiment: no sketches
                 new.mkdir(parents=True)
             self._move_in(new, self.files.sketch_path(hour))
         shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
-    def _by_hour(df: DataFrame, hour: datetime) -> DataFrame:
-        return df.withColumn("hourly_partitioner", F.lit(hour_key(hour)))
+    def _by_hour(hours: list[datetime], rows_of: Callable[[datetime], DataFrame]) -> DataFrame:
+        """The rows of each hour, with the hour in column EVENT_HOUR."""
+        return lake.union_all(
+            [rows_of(hour).withColumn(EVENT_HOUR, F.lit(hour_key(hour))) for hour in hours]
+        )
 
     def _sketches(self, spark: SparkSession, hours: list[datetime]) -> DataFrame:
         """The visitor sketches of these hours (those that have any), one row per key and hour."""
         paths = [p for h in hours if (p := self.files.sketch_path(h)).is_dir()]
-        return lake.read_folders(spark, paths, SKETCHES_SCHEMA)
+        return STREAM_SKETCHES.read(spark, paths)
 
     def _publish(self, spark: SparkSession, hours: list[datetime]) -> None:
         """Write the experiment metrics of these hours from the stream's sessions."""
@@ -742,17 +719,12 @@ class MicroBatch:
         window = list(hour_range(hour_of_ms(end - 24 * HOUR_MS), hour_of_ms(end - 1)))
         edges = {window[0], hour_of_ms(end - HOUR_MS), window[-1]}
         paths = [p for hour in sorted(edges) for p in self.files.beacon_paths(hour, key)]
-        beacons = lake.read_folders(spark, paths, bc.BEACON_SCHEMA).where(
+        beacons = STREAM_BEACONS.read(spark, paths).where(
             (F.col("ts") >= end - 24 * HOUR_MS) & (F.col("ts") < end)
         )
         middle = self._sketches(spark, [h for h in window if h not in edges])
         day = estimated_visitors(lake.union_all([visitor_sketches(beacons), middle]), ROLLING_24H)
-        last_hour = (
-            beacons.where(F.col("ts") >= end - HOUR_MS)
-            .select("visitor_id", F.inline(populations(F.col("experiments"))))
-            .groupBy(*KEY)
-            .agg(F.count_distinct("visitor_id").alias(ROLLING_1H))
-        )
+        last_hour = exact_visitors(beacons.where(F.col("ts") >= end - HOUR_MS), ROLLING_1H)
         hour_count = F.coalesce(ROLLING_1H, F.lit(0))
         # The day's visitors include the last hour's: an estimate below that count is raised.
         with object_hash_aggregate(spark):
@@ -761,7 +733,7 @@ class MicroBatch:
                 .select(
                     *KEY,
                     hour_count.alias(ROLLING_1H),
-                    F.greatest(ROLLING_24H, hour_count).alias(ROLLING_24H),
+                    at_least_exact(ROLLING_24H, hour_count).alias(ROLLING_24H),
                 )
                 .collect()
             )
@@ -785,11 +757,15 @@ class MicroBatch:
             datetime.fromtimestamp(progress.max_ts / 1000, UTC) - timedelta(hours=RETENTION_HOURS)
         )
         for folder in [
-            *self.files.beacons_dir.glob("batch=*/hourly_partitioner=*"),
-            *self.files.sessions_dir.glob("hourly_partitioner=*"),
-            *self.files.sketches_dir.glob("hourly_partitioner=*"),
+            *(
+                p
+                for d in self.files.beacons_dir.glob("batch=*")
+                for p in STREAM_BEACONS.partitions_in(d)
+            ),
+            *STREAM_SESSIONS.partitions_in(self.files.sessions_dir),
+            *STREAM_SKETCHES.partitions_in(self.files.sketches_dir),
         ]:
-            if folder.name.split("=", 1)[1] < cutoff:
+            if lake.Table.partition_value(folder) < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
         progress.quality = {h: c for h, c in progress.quality.items() if h >= cutoff}
         # A replay needs only the progress before its own batch: keep the last few.
