@@ -41,6 +41,14 @@ def spark(resource: PySparkResource) -> SparkSession:
     return quiet(resource.spark_session)
 
 
+def materialized(result, preview: str | None = None, **extra) -> dg.MaterializeResult:
+    """A step's outcome for the UI: its counts, `extra`, and its `preview` rows as a table."""
+    metadata = {**result.counts, **extra}
+    if preview:
+        metadata["preview"] = markdown_table(result.preview[preview])
+    return dg.MaterializeResult(metadata=metadata)
+
+
 def markdown_table(rows: list[dict]) -> dg.MetadataValue:
     """A preview of rows as a Markdown table for the Dagster UI."""
     if not rows:
@@ -148,9 +156,7 @@ def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinit
         """Count total, valid, duplicate and rejected beacons per reason into the metric store."""
         with metric_store.open() as store:
             result = steps.write_quality(spark(pyspark), settings, store, partition_hour(context))
-        return dg.MaterializeResult(
-            metadata={**result.counts, "points_written": len(result.counts)}
-        )
+        return materialized(result, points_written=len(result.counts))
 
     @hourly_asset(
         deps=["beacons", dg.AssetDep("sessions", partition_mapping=PREVIOUS_HOUR)],
@@ -166,13 +172,7 @@ def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinit
     ) -> dg.MaterializeResult:
         """Sessionize the hour's beacons, continuing the visits still open at the end of H-1."""
         result = steps.process_sessions(spark(pyspark), settings, partition_hour(context))
-        return dg.MaterializeResult(
-            metadata={
-                **result.counts,
-                "table": f"{settings.lake.hive_database}.sessions",
-                "preview": markdown_table(result.preview["sessions"]),
-            }
-        )
+        return materialized(result, "sessions", table=lake.sessions_table(settings))
 
     @hourly_asset(
         # speed_metrics: the reconciliation check compares the stream's points of the hour.
@@ -193,12 +193,7 @@ def build_batch_assets(hourly: dg.PartitionsDefinition) -> list[dg.AssetsDefinit
             # The check reads back what the store holds, not what was computed.
             points = store.query(layer="batch", hour_from=hour_iso(hour), hour_to=hour_iso(hour))
             drift = reconcile_hour(store, hour_iso(hour), settings.batch.reconcile_tolerance)
-        yield dg.MaterializeResult(
-            metadata={
-                **result.counts,
-                "preview": markdown_table(result.preview["experiment_metrics"]),
-            }
-        )
+        yield materialized(result, "experiment_metrics")
         by_key = metrics_by_key(points)
         broken = sanity_violations(by_key)
         yield dg.AssetCheckResult(

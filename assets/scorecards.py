@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from assets.batch import markdown_table, spark
+from assets.batch import markdown_table, materialized, spark
 from assets.partitions import partition_day
 from expo_platform.analysis import daily
 from expo_platform.batch import steps
@@ -53,9 +53,7 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
         """Sum the day's session facts per visitor, bounces made final by the following hour."""
         day = partition_day(context)
         result = steps.process_visitor_daily(spark(pyspark), settings, day)
-        yield dg.MaterializeResult(
-            metadata={**result.counts, "preview": markdown_table(result.preview["visitor_daily"])}
-        )
+        yield materialized(result, "visitor_daily")
         with metric_store.open() as store:
             keys, mismatches = steps.check_visitor_daily(spark(pyspark), settings, store, day)
         yield dg.AssetCheckResult(
@@ -84,12 +82,10 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
         """Compute and write the day's scorecards."""
         result = daily.process_scorecards(spark(pyspark), settings, partition_day(context))
         files = result.preview["files"][0]
-        return dg.MaterializeResult(
-            metadata={
-                **result.counts,
-                "headline": markdown_table(result.preview["scorecards"]),
-                **{f"file_{name}": dg.MetadataValue.path(path) for name, path in files.items()},
-            }
+        return materialized(
+            result,
+            headline=markdown_table(result.preview["scorecards"]),
+            **{f"file_{name}": dg.MetadataValue.path(path) for name, path in files.items()},
         )
 
     @daily_asset(
@@ -112,14 +108,7 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
                 spark(pyspark), settings, store, partition_day(context)
             )
         files = result.preview["reports"][0]
-        return dg.MaterializeResult(
-            metadata={
-                **result.counts,
-                **{
-                    f"report_{name}": dg.MetadataValue.url(f"file://{path}")
-                    for name, path in files.items()
-                },
-            }
-        )
+        reports = {f"report_{n}": dg.MetadataValue.url(f"file://{p}") for n, p in files.items()}
+        return materialized(result, **reports)
 
     return [visitor_daily, experiment_scorecards, trend_reports]

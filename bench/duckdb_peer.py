@@ -13,21 +13,12 @@ from pathlib import Path
 
 import duckdb
 
+from expo_platform.core.metrics import EXPERIMENT_METRICS
+
 HOUR_MS = 3_600_000
 GAP_MS = 2_100_000
-METRICS = (
-    "page_views",
-    "visitors",
-    "visits",
-    "bounces",
-    "orders",
-    "units",
-    "revenue",
-    "errors",
-    "page_load_ms_sum",
-    "page_load_ms_count",
-    "visitors_24h",
-)
+# The metric columns the SQL below computes: every metric of an experiment hour.
+METRICS = EXPERIMENT_METRICS
 INTEGER = "('UBIGINT', 'BIGINT')"
 NUMBER = "('UBIGINT', 'BIGINT', 'DOUBLE')"
 
