@@ -3,6 +3,11 @@
     make bench                                   # everything, default sizes
     make bench BENCH_ARGS="--only batch --beacons 500000"
     make bench BENCH_ARGS="--only stream --rates 2000,5000,10000 --step-seconds 240"
+    make bench BENCH_ARGS="--only batch,live --live-rates 2000,4000 --live-step-seconds 600"
+
+`stream` replays a compressed day as fast as the rate says (a stress case: each micro-batch
+spans hours of event time); `live` sends wall-clock traffic, as production does, and its
+sustained rate is compared with the batch layer's warm throughput measured in the same run.
 
 Generated inputs are cached in bench/.cache; results go to bench/results/<time>.json.
 """
@@ -29,7 +34,25 @@ TARGETS = {
     "Spark / DuckDB time, warm JVM": ("spark_warm_over_duckdb", "<=", 2.5),
     "stream sustained beacons/s": ("sustained_beacons_per_s", ">=", 100_000),
     "freshness p99 (s)": ("freshness_p99_s", "<=", 120),
+    "live stream / batch warm beacons/s": ("live_over_batch_warm", ">=", 1.0),
+    "live freshness p99 / trigger": ("live_freshness_p99_triggers", "<=", 2.0),
 }
+PARTS = ("batch", "stream", "live")
+
+
+def ratios(parts: dict) -> dict:
+    """The targets that compare the layers, from figures of this one run."""
+    batch, live = parts.get("batch", {}), parts.get("live", {})
+    found = {}
+    if batch.get("spark_warm_beacons_per_s") and "live_sustained_beacons_per_s" in live:
+        found["live_over_batch_warm"] = round(
+            live["live_sustained_beacons_per_s"] / batch["spark_warm_beacons_per_s"], 3
+        )
+    if live.get("live_freshness_p99_s") is not None:
+        found["live_freshness_p99_triggers"] = round(
+            live["live_freshness_p99_s"] / live["live_trigger_s"], 2
+        )
+    return found
 
 
 def _cell(value: object) -> str:
@@ -61,9 +84,39 @@ def table(results: dict) -> str:
     )
 
 
+STEP_COLUMNS = (
+    ("rate/s", "rate"),
+    ("sustained", "sustained"),
+    ("batches", "batches"),
+    ("max batch s", "max_batch_s"),
+    ("lag high 1st/2nd half", "lag"),
+    ("fresh p50 s", "freshness_p50_s"),
+    ("fresh p99 s", "freshness_p99_s"),
+    ("cpu s jvm", "jvm"),
+    ("py workers", "python_workers"),
+    ("driver py", "driver_python"),
+    ("broker", "broker"),
+    ("producer", "producer"),
+    ("state B/open visit", "state_bytes_per_open_visit"),
+)
+
+
+def step_table(steps: list[dict]) -> str:
+    """One line per live rate step: sustained or not, freshness, CPU by process, state."""
+    rows = [tuple(title for title, _ in STEP_COLUMNS)]
+    for step in steps:
+        flat = {**step, **step["cpu_s"]}
+        flat["lag"] = f"{step['lag_high_first_half']:,}/{step['lag_high_second_half']:,}"
+        rows.append(tuple(_cell(flat.get(key, "-")) for _, key in STEP_COLUMNS))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(STEP_COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("batch", "stream"), help="one part only")
+    parser.add_argument(
+        "--only", help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)"
+    )
     parser.add_argument("--beacons", type=int, default=2_000_000, help="lines in the batch hour")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
@@ -71,7 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--step-seconds", type=int, default=240, help="run time per rate")
     parser.add_argument("--trigger-seconds", type=int, default=60)
+    parser.add_argument(
+        "--live-rates", default="1000,2000,4000,8000", help="live traffic rates to step through"
+    )
+    parser.add_argument(
+        "--live-step-seconds", type=int, default=600, help="run time per live rate (>= 600)"
+    )
     args = parser.parse_args(argv)
+    wanted = set(args.only.split(",")) if args.only else set(PARTS)
+    if wanted - set(PARTS):
+        parser.error(f"--only takes {', '.join(PARTS)}")
     configure_logging("WARNING")
     cache = HERE / ".cache"
     cache.mkdir(exist_ok=True)
@@ -89,20 +151,31 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "parts": {},
     }
-    if args.only in (None, "batch"):
+    if "batch" in wanted:
         results["parts"]["batch"] = batch.run(cache, args.beacons, args.seed, progress)
-    if args.only in (None, "stream"):
+    if "live" in wanted:
+        from bench import live
+
+        rates = [int(r) for r in args.live_rates.split(",")]
+        results["parts"]["live"] = live.run(
+            rates, args.live_step_seconds, args.trigger_seconds, args.seed, progress
+        )
+    if "stream" in wanted:
         from bench import stream
 
         rates = [int(r) for r in args.rates.split(",")]
         results["parts"]["stream"] = stream.run(
             rates, args.step_seconds, args.trigger_seconds, args.seed, progress
         )
+    results["parts"]["ratios"] = ratios(results["parts"])
     out = HERE / "results" / f"{results['when']}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print()
     print(table(results))
+    if results["parts"].get("live", {}).get("live_step_details"):
+        print("\nlive traffic, per rate step (CPU seconds per process over the step):")
+        print(step_table(results["parts"]["live"]["live_step_details"]))
     print(f"\nresults: {out}")
     figures = results["parts"].get("batch", {})
     correct = figures.get("metrics_agree", True) and figures.get("rerun_agrees", True)
