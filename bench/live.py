@@ -33,6 +33,9 @@ from expo_platform.speed.offsets import ZkOffsets
 
 PARTITIONS = 2
 SAMPLE_SECONDS = 5.0
+# The live generator first builds the visits already under way (two hours of pieces): the
+# traffic starts this far ahead of the clock, so that is done before its first line is due.
+WARM_UP_SECONDS = 150
 CONSUMER = "expo-speed"  # EXPO_STREAM_CONSUMER's default: where the app commits its offsets
 
 
@@ -139,7 +142,8 @@ def one_rate(
         producer_log = (work / "producer.log").open("w")
         producer = subprocess.Popen(
             [expo, "generate", "--kafka", broker.address, "--topic", topic, "--rate", str(rate)]
-            + ["--backlog-minutes", "0", "--duration", str(step_seconds), "--seed", str(seed)],
+            + ["--backlog-minutes", "0", "--duration", str(step_seconds), "--seed", str(seed)]
+            + ["--start-in", str(WARM_UP_SECONDS)],
             env=env,
             stdout=producer_log,
             stderr=subprocess.STDOUT,
@@ -154,7 +158,8 @@ def one_rate(
         started = time.monotonic()
         while producer.poll() is None:
             meter.sample(roles)
-            lags.append((time.monotonic() - started, kafka_lag(broker.address, topic, zk.address)))
+            since = time.monotonic() - started - WARM_UP_SECONDS  # < 0: before the traffic
+            lags.append((since, kafka_lag(broker.address, topic, zk.address)))
             time.sleep(SAMPLE_SECONDS)
         producer_log.close()
         sent = _sent(work / "producer.log")
@@ -199,7 +204,7 @@ def _step_result(
     seconds = [b["batch_seconds"] for b in batches]
     fresh50 = [(b["done_ms"] - b["produced_ms"][2]) / 1000 for b in batches if b["produced_ms"]]
     fresh99 = [(b["done_ms"] - b["produced_ms"][1]) / 1000 for b in batches if b["produced_ms"]]
-    read = [(t, lag) for t, lag in lags if lag is not None]
+    read = [(t, lag) for t, lag in lags if lag is not None and t >= 0]
     half = step_seconds / 2
     first_high = max((lag for t, lag in read if t < half), default=0)
     second_high = max((lag for t, lag in read if t >= half), default=0)

@@ -130,7 +130,14 @@ def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
             f"wall clock, after a backlog of the last {backlog:g} minutes"
         )
         sent = produce_realtime(
-            args.kafka, topic, config, args.rate, backlog, args.duration, progress=print
+            args.kafka,
+            topic,
+            config,
+            args.rate,
+            backlog,
+            args.duration,
+            progress=print,
+            start_in=args.start_in,
         )
     print(sent.summary())
     if sent.failed:
@@ -290,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--topic", help="Kafka topic (default EXPO_KAFKA_TOPIC)")
     gen.add_argument("--rate", type=float, help="beacons per second in all, with --kafka")
+    gen.add_argument(
+        "--start-in",
+        type=float,
+        default=0.0,
+        help="with --kafka, live: seconds ahead of the clock the traffic starts, so the "
+        "generator's warm-up is done before the first line is due (benchmarks)",
+    )
     gen.add_argument(
         "--duration", type=float, help="seconds to produce for, with --kafka (live: no end)"
     )

@@ -381,3 +381,20 @@ def test_produce_realtime_sends_a_backlog_then_follows_the_clock(kafka, topic):
     assert 0.6 * 6000 <= len(backlog) <= 1.2 * 6000
     assert 5 <= len(stamps) - len(backlog) <= 120  # then about 10/s for 4 s
     assert any("live" in line for line in progress)
+
+
+def test_produce_realtime_can_start_ahead_of_the_clock(kafka, topic):
+    """With start_in, the generator's warm-up happens before the first line is due: nothing
+    is sent early or in a burst, and the duration counts from the traffic's start."""
+    config = dataclasses.replace(SMALL, dirty_fraction=0.0)
+    started = time.time()
+    report = produce_realtime(kafka.address, topic, config, 20, 0, 3.0, start_in=2.0)
+    ended = time.time()
+    assert report.failed == 0 and report.sent > 0
+    stamps = sorted(
+        json.loads(m.value())["ts"] / 1000 for m in consume_all(kafka.address, topic, PARTITIONS)
+    )
+    assert len(stamps) == report.sent
+    assert started + 2.0 <= stamps[0] and stamps[-1] <= ended
+    assert ended - started >= 5.0  # 2 s ahead, then 3 s of traffic
+    assert report.sent <= 20 * 3 * 2  # about 20/s for 3 s, no backlog

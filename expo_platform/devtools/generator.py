@@ -113,6 +113,9 @@ class GeneratorConfig:
     # being cut at its end.
     id_prefix: str = ""
     cut_at_end: bool = True
+    # Beacons before this epoch ms are not built (the random draws are, so what follows is
+    # the same): live traffic starts at the wall clock and has no use for its warm-up's past.
+    keep_from_ms: int | None = None
 
     def validate(self) -> None:
         """Raise ExpoError on a configuration that cannot be generated."""
@@ -226,6 +229,7 @@ class _Stream:
                     session = f"s-{self.config.id_prefix}{n}-{k}"
                     ts = self.visit(out, visitor, session, ts, variants, effect)
                     ts += self.rng.randrange(40 * MINUTE_MS, 180 * MINUTE_MS)
+        out = [b for b in out if b is not None]  # those before keep_from_ms
         if not self.config.cut_at_end:
             return out
         return [b for b in out if b["ts"] < self.end_ms]
@@ -323,10 +327,13 @@ class _Stream:
         variants: dict[str, str],
         qualified: set[str],
         **extra: dict | None,
-    ) -> dict:
+    ) -> dict | None:
         qualified.update(s.id for s in self.config.experiments if page in s.qualify_pages)
+        event_id = self.event_id()
+        if self.config.keep_from_ms is not None and ts < self.config.keep_from_ms:
+            return None
         data = {
-            "event_id": self.event_id(),
+            "event_id": event_id,
             "visitor_id": visitor,
             "session_id": session,
             "ts": ts,
@@ -856,6 +863,7 @@ def live_lines(
                 seed=config.seed * 1_000_003 + piece_start // LIVE_PIECE_MS,
                 id_prefix=f"{piece_start // LIVE_PIECE_MS}-",
                 cut_at_end=False,
+                keep_from_ms=start_ms,
                 trap_fraction=0.0,
             )
             lines = _tagged_lines(piece)

@@ -180,24 +180,29 @@ def produce_realtime(
     progress: Callable[[str], None] | None = None,
     conf: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    start_in: float = 0.0,
 ) -> ProduceReport:
     """Live traffic stamped with the wall clock, about `rate` beacons/s (`live_lines`).
 
     The last `backlog_minutes` of traffic go first, as fast as the broker takes them; then
     each line is sent when the clock reaches its time, for `duration` seconds (None: until
-    stopped). The stream's event time then follows the wall clock, as the hourly schedule does.
+    stopped) from the first line. The stream's event time then follows the wall clock, as the
+    hourly schedule does. `start_in` seconds put the traffic's start that far ahead: the
+    generator's warm-up (the visits already under way) is then done before the first line is
+    due, instead of being sent in a burst as a short backlog.
     """
     if rate <= 0 or backlog_minutes < 0 or (duration is not None and duration <= 0):
         raise ExpoError("the rate and duration must be > 0 and the backlog >= 0")
     producer = make_producer(bootstrap, conf)
     report = ProduceReport(requested_rate=rate)
     on_delivery = _Delivery(report)
-    started = time.monotonic()
-    deadline = None if duration is None else started + duration
-    now_ms = int(clock() * 1000)
-    lines = live_lines(config, rate, now_ms - int(backlog_minutes * 60_000))
-    next_progress = started + PROGRESS_EVERY
+    start_ms = int((clock() + start_in) * 1000) - int(backlog_minutes * 60_000)
+    lines = live_lines(config, rate, start_ms)
     arrival, line, kind = next(lines)
+    log.info("traffic ready", extra={"first_due_in_s": round(arrival / 1000 - clock(), 1)})
+    started = time.monotonic() + max(0.0, arrival / 1000 - clock())
+    deadline = None if duration is None else started + duration
+    next_progress = started + PROGRESS_EVERY
     live = False
     while deadline is None or time.monotonic() < deadline:
         wait = arrival / 1000 - clock()
