@@ -352,8 +352,8 @@ def test_a_broker_that_stops_answering_is_unreachable_not_data_loss(
 
 
 def test_read_stream_has_the_uniform_schema(spark, settings, kafka, topic):
-    local = dataclasses.replace(
-        settings, kafka_bootstrap=kafka.address, kafka_topic=topic, zookeeper="127.0.0.1:1"
+    local = settings.replace(
+        stream={"kafka_bootstrap": kafka.address, "kafka_topic": topic, "zookeeper": "127.0.0.1:1"}
     )
     df = read_stream(spark, local, startingOffsets="earliest")
     assert df.isStreaming

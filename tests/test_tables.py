@@ -65,7 +65,7 @@ def test_partition_paths_keep_the_layout_on_disk(settings):
 
 
 def test_a_region_keeps_the_stream_tables_in_its_own_folder(tmp_path):
-    settings = load_settings({}, lake=tmp_path, stream_region="west")
+    settings = load_settings({"EXPO_LAKE": str(tmp_path), "EXPO_STREAM_REGION": "west"})
     assert lake.STREAM_SESSIONS.root(settings) == tmp_path / "stream-west" / "sessions"
     assert lake.SESSIONS.root(settings) == tmp_path / "tables" / "sessions"
 
