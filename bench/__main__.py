@@ -86,6 +86,7 @@ def table(results: dict) -> str:
 
 STEP_COLUMNS = (
     ("rate/s", "rate"),
+    ("delivered/s", "delivered_per_s"),
     ("sustained", "sustained"),
     ("batches", "batches"),
     ("max batch s", "max_batch_s"),
