@@ -19,7 +19,6 @@ highest of their 99th percentiles.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.stream import state_per_visit
+from bench.stream import app_environ, state_per_visit
 from expo_platform.ops import services
 from expo_platform.speed.offsets import ZkOffsets
 
@@ -127,19 +126,7 @@ def one_rate(
     app = producer = None
     try:
         services.ensure_topic(broker.address, topic, PARTITIONS)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")} | {
-            "EXPO_HOME": str(work),
-            "EXPO_LAKE": str(work / "lake"),
-            "EXPO_METRIC_STORE": f"sqlite:///{work / 'metrics.sqlite'}",
-            "EXPO_KAFKA_BOOTSTRAP": broker.address,
-            "EXPO_KAFKA_TOPIC": topic,
-            "EXPO_ZOOKEEPER": zk.address,
-            "EXPO_STREAM_TRIGGER_SECONDS": str(trigger),
-            "EXPO_STREAM_STARTING_OFFSETS": "earliest",
-            "EXPO_STREAM_UI_PORT": str(services.free_port()),
-            "EXPO_KAFKA_END_OFFSETS": "probe",  # the local broker's high watermark lags
-            "PYSPARK_PYTHON": sys.executable,
-        }
+        env = app_environ(work, broker.address, topic, zk.address, trigger)
         app_log = (work / "stream.log").open("w")
         app = subprocess.Popen([expo, "stream"], env=env, stdout=app_log, stderr=subprocess.STDOUT)
         time.sleep(20)  # Spark starts; the first trigger fires on its own clock

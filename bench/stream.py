@@ -106,6 +106,26 @@ def state_per_visit(lake: Path) -> tuple[int, int]:
     return state, active
 
 
+def app_environ(work: Path, bootstrap: str, topic: str, zookeeper: str, trigger: int) -> dict:
+    """The environment of a benchmark's `expo stream`: its own lake, store, topic and
+    services, whatever EXPO_* the shell has."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")} | {
+        "EXPO_HOME": str(work),
+        "EXPO_LAKE": str(work / "lake"),
+        "EXPO_METRIC_STORE": f"sqlite:///{work / 'metrics.sqlite'}",
+        "EXPO_KAFKA_BOOTSTRAP": bootstrap,
+        "EXPO_KAFKA_TOPIC": topic,
+        "EXPO_ZOOKEEPER": zookeeper,
+        "EXPO_STREAM_TRIGGER_SECONDS": str(trigger),
+        "EXPO_STREAM_STARTING_OFFSETS": "earliest",
+        "EXPO_STREAM_UI_PORT": str(services.free_port()),
+        # The local Tansu broker hides a partition's newest record batch from offset
+        # queries (docs/architecture.md); the probe finds it, as a real Kafka needs no help.
+        "EXPO_KAFKA_END_OFFSETS": "probe",
+        "PYSPARK_PYTHON": sys.executable,
+    }
+
+
 def one_rate(
     rate: int, lines: list[str], step_seconds: int, trigger: int, services_dir: Path, progress
 ) -> dict:
@@ -116,20 +136,7 @@ def one_rate(
     topic = f"bench-{rate}"
     try:
         services.ensure_topic(broker.address, topic, 2)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")} | {
-            "EXPO_LAKE": str(work / "lake"),
-            "EXPO_METRIC_STORE": f"sqlite:///{work / 'metrics.sqlite'}",
-            "EXPO_KAFKA_BOOTSTRAP": broker.address,
-            "EXPO_KAFKA_TOPIC": topic,
-            "EXPO_ZOOKEEPER": zk.address,
-            "EXPO_STREAM_TRIGGER_SECONDS": str(trigger),
-            "EXPO_STREAM_STARTING_OFFSETS": "earliest",
-            "EXPO_STREAM_UI_PORT": str(services.free_port()),
-            # The local Tansu broker hides a partition's newest record batch from offset
-            # queries (DESIGN.md); the probe finds it, as a real Kafka needs no help.
-            "EXPO_KAFKA_END_OFFSETS": "probe",
-            "PYSPARK_PYTHON": sys.executable,
-        }
+        env = app_environ(work, broker.address, topic, zk.address, trigger)
         log = (work / "stream.log").open("w")
         expo = Path(sys.executable).parent / "expo"
         app = subprocess.Popen([str(expo), "stream"], env=env, stdout=log, stderr=subprocess.STDOUT)
