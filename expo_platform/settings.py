@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -20,13 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from expo_platform.core.hours import parse_hour
-from expo_platform.errors import ExpoError, SettingsError
-
-
-def _path(text: str) -> Path:
-    """A path as given; `load_settings` anchors a relative one at the home folder."""
-    return Path(text).expanduser()
+from expo_platform import setting_values as values
+from expo_platform.errors import SettingsError
 
 
 def default_home() -> Path:
@@ -49,88 +43,6 @@ def _anchored_store(url: str, home: Path) -> str:
     if url.startswith(prefix) and path and not path.startswith(("/", ":memory:")):
         return prefix + str(_anchored(Path(path), home))
     return url
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must lie between 0 and 1")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be a whole number >= 0")
-    return value
-
-
-def _conf(text: str) -> dict[str, str]:
-    """Parse `key=value,key=value` into a dict."""
-    pairs = [p.strip() for p in text.split(",") if p.strip()]
-    conf = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{pair!r} is not key=value")
-        conf[key.strip()] = value.strip()
-    return conf
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return text
-
-    return parse
-
-
-REGION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}"
-
-
-def _region(text: str) -> str:
-    if text and not re.fullmatch(REGION_PATTERN, text):
-        raise ValueError("must be empty, or up to 32 letters, digits, '-' and '_'")
-    return text
-
-
-def _lease_seconds(text: str) -> int:
-    value = int(text)
-    # ZooKeeper grants session timeouts of 2 to 20 ticks (tickTime=2000 ms here).
-    if not 4 <= value <= 40:
-        raise ValueError("must lie between 4 and 40 seconds")
-    return value
-
-
-def _weights(text: str) -> dict[str, float]:
-    """Parse `experiment/variant=weight,...` into positive floats."""
-    weights = {k: float(v) for k, v in _conf(text).items()}
-    if any(w <= 0 for w in weights.values()):
-        raise ValueError("weights must be > 0")
-    if any(k.count("/") != 1 for k in weights):
-        raise ValueError("keys must be experiment/variant")
-    return weights
-
-
-def _hour(text: str) -> datetime:
-    try:
-        return parse_hour(text)
-    except ExpoError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _store_url(text: str) -> str:
-    if not text.startswith(("sqlite:", "postgresql:", "postgresql+")):
-        raise ValueError("must start with sqlite:/// or postgresql://")
-    return text
-
-
-def _memory(text: str) -> str:
-    """A JVM memory size such as `2g` or `1536m`."""
-    if not text[:-1].isdigit() or text[-1].lower() not in "mg" or int(text[:-1]) == 0:
-        raise ValueError("must be a size such as 2g or 1536m")
-    return text
 
 
 def _setting(
@@ -160,13 +72,13 @@ class LakeSettings:
     """Where the data lives: the lake's folders, the Hive database and the metric store."""
 
     root: Path = _setting(
-        "EXPO_LAKE", Path("lake"), "root of the lake (landing zone, tables)", _path
+        "EXPO_LAKE", Path("lake"), "root of the lake (landing zone, tables)", values.path
     )
     metric_store: str = _setting(
         "EXPO_METRIC_STORE",
         "",
         "SQLAlchemy URL of the metric store",
-        _store_url,
+        values.store_url,
         shown="sqlite:///<lake>/metrics.sqlite",
     )
     hive_database: str = _setting(
@@ -202,42 +114,42 @@ class BatchSettings:
         "EXPO_PARTITIONS_START",
         datetime(2026, 1, 1, tzinfo=UTC),
         "first hour of the hourly partitions",
-        _hour,
+        values.hour,
         shown="2026-01-01T00",
     )
     landing_grace_minutes: int = _setting(
         "EXPO_LANDING_GRACE_MINUTES",
         10,
         "minutes after an hour ends before its landing data counts as complete",
-        _positive_int,
+        values.positive_int,
     )
     ingest_every_minutes: int = _setting(
         "EXPO_INGEST_EVERY_MINUTES",
         60,
         "how often the hourly ingest schedule looks for complete hours not yet ingested "
         "(60: once an hour, at minute EXPO_LANDING_GRACE_MINUTES)",
-        _positive_int,
+        values.positive_int,
     )
     hourly_schedule: str = _setting(
         "EXPO_HOURLY_SCHEDULE",
         "running",
         "state of the hourly ingest schedule when Dagster first loads it (the UI can change it)",
-        _choice("running", "stopped"),
+        values.choice("running", "stopped"),
     )
     max_reject_rate: float = _setting(
-        "EXPO_MAX_REJECT_RATE", 0.1, "reject rate above which an hour is blocked", _fraction
+        "EXPO_MAX_REJECT_RATE", 0.1, "reject rate above which an hour is blocked", values.fraction
     )
     reconcile_tolerance: float = _setting(
         "EXPO_RECONCILE_TOLERANCE",
         0.02,
         "largest relative speed-versus-batch drift of a finished hour that passes",
-        _fraction,
+        values.fraction,
     )
     srm_weights: Mapping[str, float] = _setting(
         "EXPO_SRM_WEIGHTS",
         {},
         "expected split for the SRM test, experiment/variant=weight,... (equal if unset)",
-        _weights,
+        values.weights,
     )
 
     def srm_weights_for(self, experiment: str) -> dict[str, float] | None:
@@ -253,10 +165,10 @@ class SparkSettings:
 
     master: str = _setting("EXPO_SPARK_MASTER", "local[*]", "Spark master URL")
     conf: Mapping[str, str] = _setting(
-        "EXPO_SPARK_CONF", {}, "extra Spark settings, key=value,key=value", _conf
+        "EXPO_SPARK_CONF", {}, "extra Spark settings, key=value,key=value", values.conf
     )
     shuffle_partitions: int = _setting(
-        "EXPO_SHUFFLE_PARTITIONS", 4, "spark.sql.shuffle.partitions", _positive_int
+        "EXPO_SHUFFLE_PARTITIONS", 4, "spark.sql.shuffle.partitions", values.positive_int
     )
     master_ui: str = _setting(
         "EXPO_SPARK_MASTER_UI",
@@ -285,57 +197,57 @@ class StreamSettings:
         "",
         "this streaming app's region for writer fail-over (empty: the only app, no lease); "
         "each region keeps its own state and offsets, only the lease holder writes",
-        _region,
+        values.region,
     )
     writer_lease_seconds: int = _setting(
         "EXPO_WRITER_LEASE_SECONDS",
         10,
         "ZooKeeper session timeout of a region: how long a dead writer keeps the lease (4-40)",
-        _lease_seconds,
+        values.lease_seconds,
     )
     source: str = _setting(
         "EXPO_STREAM_SOURCE",
         "expo_kafka",
         "Kafka reader of the stream: expo_kafka (confluent-kafka) or Spark's built-in kafka",
-        _choice("expo_kafka", "kafka"),
+        values.choice("expo_kafka", "kafka"),
     )
     trigger_seconds: int = _setting(
-        "EXPO_STREAM_TRIGGER_SECONDS", 60, "micro-batch trigger interval", _positive_int
+        "EXPO_STREAM_TRIGGER_SECONDS", 60, "micro-batch trigger interval", values.positive_int
     )
     watermark_minutes: int = _setting(
         "EXPO_STREAM_WATERMARK_MINUTES",
         10,
         "how far behind the newest event time a beacon may arrive and still be counted",
-        _positive_int,
+        values.positive_int,
     )
     max_offsets: int = _setting(
         "EXPO_STREAM_MAX_OFFSETS",
         0,
         "most Kafka messages per micro-batch (0: no limit)",
-        _positive_int,
+        values.positive_int,
     )
     starting_offsets: str = _setting(
         "EXPO_STREAM_STARTING_OFFSETS",
         "earliest",
         "where a stream with neither checkpoint nor ZooKeeper offsets starts",
-        _choice("earliest", "latest"),
+        values.choice("earliest", "latest"),
     )
     ui_port: int = _setting(
-        "EXPO_STREAM_UI_PORT", 4040, "Spark UI port of the streaming app", _positive_int
+        "EXPO_STREAM_UI_PORT", 4040, "Spark UI port of the streaming app", values.positive_int
     )
     kafka_end_offsets: str = _setting(
         "EXPO_KAFKA_END_OFFSETS",
         "watermark",
         "how the stream finds a partition's end: the broker's high watermark, or probe "
         "(for the local Tansu broker, whose high watermark lags)",
-        _choice("watermark", "probe"),
+        values.choice("watermark", "probe"),
     )
     launcher: str = _setting(
         "EXPO_STREAM_LAUNCHER",
         "local",
         "how the supervisor starts the streaming app: a local background process, or "
         "spark-submit to the standalone master of EXPO_SPARK_MASTER (spark://...)",
-        _choice("local", "spark-submit"),
+        values.choice("local", "spark-submit"),
     )
 
     @property
@@ -352,45 +264,45 @@ class SupervisorSettings:
         "EXPO_SUPERVISE",
         "off",
         "on: the streaming supervisor sensor starts running with Dagster (`make up` sets it)",
-        _choice("on", "off"),
+        values.choice("on", "off"),
     )
     interval_seconds: int = _setting(
         "EXPO_SUPERVISOR_INTERVAL_SECONDS",
         60,
         "seconds between two ticks of the streaming supervisor sensor",
-        _positive_int,
+        values.positive_int,
     )
     stuck_task_seconds: int = _setting(
         "EXPO_STUCK_TASK_SECONDS",
         900,
         "a task of the streaming app running longer than this is stuck",
-        _positive_int,
+        values.positive_int,
     )
     max_kafka_lag: int = _setting(
         "EXPO_MAX_KAFKA_LAG",
         5_000_000,
         "Kafka messages not yet committed by the stream above which it is unhealthy",
-        _positive_int,
+        values.positive_int,
     )
     slow_ticks: int = _setting(
         "EXPO_SLOW_TICKS",
         3,
         "supervisor ticks in a row of processing below input rate (or latency above the "
         "trigger) that make the stream unhealthy",
-        _positive_int,
+        values.positive_int,
     )
     restarts_per_hour: int = _setting(
         "EXPO_RESTARTS_PER_HOUR",
         3,
         "restarts of the streaming app the supervisor may request per hour; then it only alerts",
-        _positive_int,
+        values.positive_int,
     )
     speed_stale_minutes: int = _setting(
         "EXPO_SPEED_STALE_MINUTES",
         15,
         "the speed metrics' freshness check fails when their newest event time is this many "
         "minutes behind the clock",
-        _positive_int,
+        values.positive_int,
     )
 
 
@@ -419,40 +331,43 @@ class LocalSettings:
         "EXPO_SERVICES_DIR",
         Path(".services"),
         "data, logs and pid files of the local ZooKeeper and broker",
-        _path,
+        values.path,
     )
     dagster_home: Path = _setting(
-        "DAGSTER_HOME", Path(".dagster_home"), "Dagster instance folder (runs, schedules)", _path
+        "DAGSTER_HOME",
+        Path(".dagster_home"),
+        "Dagster instance folder (runs, schedules)",
+        values.path,
     )
     up_rate: int = _setting(
         "EXPO_UP_RATE",
         200,
         "beacons per second of the generator that `make up` runs",
-        _positive_int,
+        values.positive_int,
     )
     up_backlog_minutes: int = _setting(
         "EXPO_UP_BACKLOG_MINUTES",
         0,
         "minutes of traffic `make up` sends before going live (0: the previous hour whole)",
-        _positive_int,
+        values.positive_int,
     )
     cluster_master_port: int = _setting(
         "EXPO_CLUSTER_MASTER_PORT",
         7077,
         "port of the standalone master that `make cluster` starts",
-        _positive_int,
+        values.positive_int,
     )
     cluster_ui_port: int = _setting(
         "EXPO_CLUSTER_UI_PORT",
         8080,
         "web UI port of that master (its worker's UI is on the next port)",
-        _positive_int,
+        values.positive_int,
     )
     cluster_worker_cores: int = _setting(
-        "EXPO_CLUSTER_WORKER_CORES", 2, "cores the worker offers", _positive_int
+        "EXPO_CLUSTER_WORKER_CORES", 2, "cores the worker offers", values.positive_int
     )
     cluster_worker_memory: str = _setting(
-        "EXPO_CLUSTER_WORKER_MEMORY", "2g", "memory the worker offers to executors", _memory
+        "EXPO_CLUSTER_WORKER_MEMORY", "2g", "memory the worker offers to executors", values.memory
     )
 
 
@@ -475,7 +390,7 @@ class Settings:
         "EXPO_HOME",
         Path("."),
         "folder that relative paths below are anchored at (unset: the project folder)",
-        _path,
+        values.path,
         shown="<project>",
     )
     log_level: str = _setting("EXPO_LOG_LEVEL", "INFO", "log level", str.upper)
@@ -542,9 +457,7 @@ def _shown(f: Any) -> str:
     if f.metadata["shown"] is not None:
         return f.metadata["shown"]
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    if isinstance(default, Mapping):
-        return ",".join(f"{k}={v}" for k, v in default.items())
-    return str(default)
+    return values.as_text(default)
 
 
 # (section, variable, default, description) of every setting: `expo settings` and the README.
@@ -614,13 +527,7 @@ def settings_environ(settings: Settings) -> dict[str, str]:
         if not name:
             continue
         value = getattr(getattr(settings, name), f.name)
-        if isinstance(value, Mapping):
-            text = ",".join(f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, datetime):
-            text = value.strftime("%Y-%m-%dT%H")
-        else:
-            text = str(value)
-        environ[f.metadata["env"]] = text
+        environ[f.metadata["env"]] = values.as_text(value)
     return environ
 
 
