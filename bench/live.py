@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.stream import app_environ, state_per_visit
 from expo_platform.ops import services
+from expo_platform.settings import load_settings
 from expo_platform.speed.offsets import ZkOffsets
 
 PARTITIONS = 2
@@ -39,7 +40,6 @@ SAMPLE_SECONDS = 5.0
 # The live generator first builds the visits already under way (two hours of pieces): the
 # traffic starts this far ahead of the clock, so that is done before its first line is due.
 WARM_UP_SECONDS = 150
-CONSUMER = "expo-speed"  # EXPO_STREAM_CONSUMER's default: where the app commits its offsets
 
 
 def app_role(proc: psutil.Process) -> str:
@@ -85,7 +85,7 @@ class CpuMeter:
         return out
 
 
-def kafka_lag(bootstrap: str, topic: str, zookeeper: str) -> int | None:
+def kafka_lag(bootstrap: str, topic: str, zookeeper: str, offsets_consumer: str) -> int | None:
     """Messages in the topic not yet committed by the app (None while unreadable)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "expo-bench-lag"})
     try:
@@ -98,7 +98,7 @@ def kafka_lag(bootstrap: str, topic: str, zookeeper: str) -> int | None:
     finally:
         consumer.close()
     try:
-        with ZkOffsets(zookeeper, CONSUMER) as zk:
+        with ZkOffsets(zookeeper, offsets_consumer) as zk:
             committed = zk.read(topic)
     except Exception:  # noqa: BLE001
         return None
@@ -127,6 +127,8 @@ def one_rate(
     try:
         services.ensure_topic(broker.address, topic, PARTITIONS)
         env = app_environ(work, broker.address, topic, zk.address, trigger)
+        # Where the app commits its offsets, as it reads its settings.
+        offsets_consumer = load_settings(env).stream.offsets_consumer
         app_log = (work / "stream.log").open("w")
         app = subprocess.Popen([expo, "stream"], env=env, stdout=app_log, stderr=subprocess.STDOUT)
         time.sleep(20)  # Spark starts; the first trigger fires on its own clock
@@ -150,7 +152,7 @@ def one_rate(
         while producer.poll() is None:
             meter.sample(roles)
             since = time.monotonic() - started - WARM_UP_SECONDS  # < 0: before the traffic
-            lags.append((since, kafka_lag(broker.address, topic, zk.address)))
+            lags.append((since, kafka_lag(broker.address, topic, zk.address, offsets_consumer)))
             time.sleep(SAMPLE_SECONDS)
         producer_log.close()
         sent = _sent(work / "producer.log")
@@ -159,7 +161,7 @@ def one_rate(
         caught_up = False
         while time.monotonic() < deadline:
             meter.sample({"app": roles["app"], "broker": roles["broker"]})
-            if kafka_lag(broker.address, topic, zk.address) == 0:
+            if kafka_lag(broker.address, topic, zk.address, offsets_consumer) == 0:
                 caught_up = True
                 break
             time.sleep(SAMPLE_SECONDS)
