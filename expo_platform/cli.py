@@ -19,12 +19,8 @@ from expo_platform.core.hours import hour_iso, hour_label, parse_hour
 from expo_platform.errors import ExpoError
 from expo_platform.logs import run_command
 from expo_platform.ops.dagster_home import POOL_LIMITS, ensure_dagster_home, prepare_dagster_home
-from expo_platform.settings import (
-    REGION_PATTERN,
-    SETTINGS_DOC,
-    Settings,
-    resolved_paths,
-)
+from expo_platform.setting_values import REGION_PATTERN
+from expo_platform.settings import SETTINGS_DOC, Settings, resolved_paths
 
 log = logging.getLogger("expo")
 
