@@ -27,7 +27,8 @@ from bench.batch import cached_input, tuning_environ
 from bench.stream import cached_lines, produce_paced
 from expo_platform.ops import services
 from expo_platform.settings import load_settings
-from expo_platform.speed.stream import StreamFiles, run_stream
+from expo_platform.speed.app import run_stream
+from expo_platform.speed.files import StreamFiles
 
 
 def main() -> None:

@@ -89,7 +89,8 @@ def _du(folder: Path) -> int:
 
 
 def state_per_visit(lake: Path) -> tuple[int, int]:
-    """(bytes of the stream's state, open visits at the end): RocksDB store plus visit rows."""
+    """(bytes of the stream's state, open visits at the end): visit rows and counted beacons
+    (and a state store in the checkpoint, which the app has no longer kept since 2026-12-07)."""
     import pyarrow.parquet as pq
 
     sessions = lake / "stream" / "sessions"

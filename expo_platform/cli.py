@@ -142,7 +142,7 @@ def _produce(args: argparse.Namespace, settings: Settings, config) -> None:
 
 def cmd_stream(args: argparse.Namespace, settings: Settings) -> None:
 
-    from expo_platform.speed.stream import run_stream
+    from expo_platform.speed.app import run_stream
 
     if args.trigger:
         settings = settings.replace(stream={"trigger_seconds": args.trigger})

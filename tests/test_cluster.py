@@ -75,7 +75,7 @@ def test_the_streaming_app_is_found_in_the_masters_json():
 
 
 def test_the_app_name_the_supervisor_looks_for_is_the_streams():
-    from expo_platform.speed.stream import stream_spark_config
+    from expo_platform.speed.app import stream_spark_config
 
     assert stream_spark_config(load_settings({}))["spark.app.name"] == STREAM_APP_NAME
 

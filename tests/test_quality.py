@@ -7,9 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from expo_platform import lake
 from expo_platform.core import beacons as bc
 from expo_platform.serving.store import Point, quality_points
-from expo_platform.speed.stream import STREAM_QUALITY, MicroBatch
+from expo_platform.speed import quality
+from expo_platform.speed.quality import STREAM_QUALITY
 
 HOUR_KEY = "2026-03-02-05"
 HOUR_ISO = "2026-03-02T05:00:00Z"
@@ -89,7 +91,7 @@ def test_the_speed_layer_counts_a_batch_per_hour(spark, tmp_path):
     folder = tmp_path / "batch=0000-00000001" / f"hourly_partitioner={HOUR_KEY}"
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"event_id": ["a", "b"]}), folder / "part-0.parquet")
-    counts = MicroBatch._quality(classified, folder.parent)
+    counts = quality.batch_counts(classified, lake.parquet_rows_by_partition(folder.parent))
     assert counts == {
         HOUR_KEY: {
             "beacons_total": 5,

@@ -15,7 +15,7 @@ from expo_platform.settings import (
     path_env,
     resolved_paths,
 )
-from expo_platform.speed.stream import stream_spark_config
+from expo_platform.speed.app import stream_spark_config
 
 
 def test_defaults_run_on_one_machine(tmp_path):

@@ -37,8 +37,13 @@ from expo_platform.devtools.producer import produce_lines
 from expo_platform.errors import ExpoError
 from expo_platform.ops.dagster_home import prepare_dagster_home
 from expo_platform.serving.store import MetricStore
+from expo_platform.speed import sketches as sketch_step
+from expo_platform.speed.app import run_stream
+from expo_platform.speed.files import StreamFiles
+from expo_platform.speed.micro_batch import MicroBatch
 from expo_platform.speed.offsets import ZkOffsets
-from expo_platform.speed.stream import MicroBatch, StepTimes, StreamFiles, run_stream
+from expo_platform.speed.rolling import write_rolling
+from expo_platform.speed.step_times import StepTimes
 from sensors.batch_runner import run_batch
 from tests import clickstream as cs
 from tests.fixtures_services import new_topic
@@ -51,7 +56,7 @@ EXPO = str(Path(sys.executable).with_name("expo"))
 STREAM_FILES = "stream-*.json"  # the landing files the stream writes
 
 
-STEPS = ("read_dedup", "land", "counted_write", "quality", "sessions", "metrics", "rolling")
+STEPS = ("read", "land", "classify", "counted_write", "quality", "sessions", "metrics", "rolling")
 
 
 def stream_settings(settings, kafka, zookeeper, topic, **overrides):
@@ -231,15 +236,15 @@ def test_a_batch_lost_with_the_checkpoint_after_its_counted_write_still_reaches_
     again and finds them counted (duplicates): the sketches must still take in their visitors."""
     topic = new_topic(kafka, "stream-crash", 4, traffic)
     conf = stream_settings(settings, kafka, zookeeper, topic)
-    update_sketches = MicroBatch._update_sketches
+    update_sketches = sketch_step.update
 
-    def crash_in_second_batch(sink, spark, key, *args):
-        if key != "0000-00000000":
+    def crash_in_second_batch(ctx, *args):
+        if ctx.key != "0000-00000000":
             raise RuntimeError("simulated crash before the sketches")
-        update_sketches(sink, spark, key, *args)
+        update_sketches(ctx, *args)
 
     with monkeypatch.context() as patched:
-        patched.setattr(MicroBatch, "_update_sketches", crash_in_second_batch)
+        patched.setattr(sketch_step, "update", crash_in_second_batch)
         with pytest.raises(ExpoError, match="the streaming query failed"):
             run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     files = StreamFiles(conf)
@@ -303,7 +308,9 @@ def test_rolling_visitors_count_exactly_the_window_s_edges(spark, settings, newe
     sketches.write.partitionBy("hourly_partitioner").parquet(str(files.sketches_dir))
 
     with MetricStore(settings.lake.metric_store) as store:
-        MicroBatch(settings, store, lambda offsets: None)._rolling(spark, newest, key)
+        write_rolling(
+            MicroBatch(settings, store, lambda offsets: None).context(spark, key), newest, key
+        )
     rolling = points(settings, "speed")
     stamp = datetime.fromtimestamp((end - cs.MIN) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
     for population in ("assigned", "qualified"):
@@ -340,7 +347,7 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         json.dumps(huge).replace(f'"ts": {huge["ts"]}', '"ts": 1' + "0" * 30),
         "not json at all",
         "{" * 5000,
-        first[-10],  # a re-sent beacon of the first run: the query's state knows its event_id
+        first[-10],  # a re-sent beacon of the first run: its hour's counted beacons know it
     ]
     produce_lines(kafka.address, topic, bad)
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
@@ -356,9 +363,8 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     assert after[("beacons_rejected_bad_field", "", "", "", bad_hour)] == 1
     duplicates = lambda pts: sum(v for k, v in pts.items() if k[0] == "beacons_duplicate")  # noqa: E731
     assert (duplicates(before), duplicates(after)) == (0, 1)
-    # The event_ids live in the RocksDB state store of the checkpoint.
-    state = StreamFiles(conf).checkpoint / "state"
-    assert list(state.rglob("*.zip")) and list(state.rglob("*.sst"))
+    # The query keeps no state of its own: the counted beacons are the de-duplication state.
+    assert not (StreamFiles(conf).checkpoint / "state").exists()
 
     # The late and the invalid-but-dated beacons reach the landing zone: the batch layer
     # decides about them. The undatable ones are in the quarantine with their reason.
@@ -376,8 +382,8 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         assert sum(zk.read(topic).values()) == len(first) + len(bad)
 
     # The checkpoint is lost: the next start resumes from ZooKeeper's offsets (a new epoch),
-    # so nothing already counted is read again. Its state store is new and empty: the
-    # counted beacons of the earlier epoch still tell a re-sent beacon from a new one.
+    # so nothing already counted is read again. The counted beacons of the earlier epoch
+    # still tell a re-sent beacon from a new one.
     shutil.rmtree(StreamFiles(conf).checkpoint)
     nxt = traffic[1500]  # the next line of traffic: on time
     produce_lines(kafka.address, topic, [nxt, nxt, first[-20]])

@@ -54,8 +54,9 @@ from expo_platform.devtools.generator import GeneratorConfig, iter_lines
 from expo_platform.devtools.producer import EXACT_END_OFFSETS, produce_lines
 from expo_platform.ops.services import Service, ensure_topic, free_port
 from expo_platform.serving.store import MetricStore
+from expo_platform.speed.app import _gist, _restartable
 from expo_platform.speed.offsets import ZkOffsets
-from expo_platform.speed.stream import ROLLING, _gist, _restartable
+from expo_platform.speed.rolling import ROLLING
 from tests.fixtures_services import unique_topic
 from tests.helpers import landed_lines
 

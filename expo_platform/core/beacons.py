@@ -256,9 +256,15 @@ def _first_field_with(status: int, statuses: dict[str, Column]) -> Column:
     return F.coalesce(*[F.when(s == status, F.lit(name)) for name, s in statuses.items()])
 
 
+def is_blank(value_col: str = "value") -> Column:
+    """Whether a line is blank (or null): blank lines are not beacons, neither counted nor
+    rejected."""
+    return F.coalesce(F.trim(F.col(value_col)) == "", F.lit(True))
+
+
 def drop_blank_lines(lines: DataFrame, value_col: str = "value") -> DataFrame:
-    """Blank lines are not beacons: they are neither counted nor rejected."""
-    return lines.where(F.trim(F.col(value_col)) != "")
+    """The lines that are not blank (`is_blank`)."""
+    return lines.where(~is_blank(value_col))
 
 
 def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
@@ -362,14 +368,17 @@ def check_partition(beacons: DataFrame, hour_index: int) -> DataFrame:
     )
 
 
-def mark_duplicates(beacons: DataFrame) -> DataFrame:
+def mark_duplicates(beacons: DataFrame, *within: str) -> DataFrame:
     """Mark valid beacons that repeat an `event_id`: only the first by (ts, raw) counts.
 
     Ties in ts are broken by the raw text, so the result does not depend on file order.
+    `within` names columns that set the beacons compared apart (the stream's event hour:
+    the batch layer compares the beacons of one landing hour).
     """
     valid = F.col("reason").isNull()
     # Rejected lines rank apart: only valid beacons compete for being the first.
-    rank = F.row_number().over(Window.partitionBy("event_id", valid).orderBy("ts", "raw"))
+    order = Window.partitionBy("event_id", valid, *within).orderBy("ts", "raw")
+    rank = F.row_number().over(order)
     is_duplicate = valid & (rank > 1)
     return beacons.withColumns(
         {

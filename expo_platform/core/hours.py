@@ -80,6 +80,18 @@ def event_hour_index(ts: Column | str) -> Column:
     return F.floor(column / HOUR_MS)
 
 
+# The first millisecond after the year 9999: a later hour has no partition name (and Spark's
+# date expressions overflow for ts above about 9.22e15).
+END_OF_NAMED_HOURS_MS = 253_402_300_800_000
+
+
+def has_event_hour(ts: Column | str) -> Column:
+    """Whether an epoch-millisecond column falls in an hour `event_hour_col` can name: after
+    1970 and before the year 10000."""
+    column = F.col(ts) if isinstance(ts, str) else ts
+    return (column > 0) & (column < END_OF_NAMED_HOURS_MS)
+
+
 def event_hour_col(ts: Column | str) -> Column:
     """The partition value of the hour of an epoch-millisecond column, `2026-03-02-05`
     (`hour_key` of `hour_of_ms`): the event hour that files are landed and kept by."""
