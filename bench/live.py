@@ -217,12 +217,23 @@ def _step_result(
         "freshness_p99_s": round(max(fresh99), 1) if fresh99 else None,
         "cpu_s": meter.totals(),
         "state_bytes_per_open_visit": round(state / open_visits) if open_visits else None,
+        "median_step_s": median_steps(batches),
     }
     result["delivered_per_s"] = round(sent / step_seconds)
     result["input_short"] = sent < 0.95 * rate * step_seconds
     result["sustained"] = bool(batches and max(seconds) < trigger and not growing and caught_up)
     progress(f"  {json.dumps(result)}")
     return result
+
+
+def median_steps(batches: list[dict]) -> dict[str, float]:
+    """Per step of a micro-batch (`Progress.steps`), its median seconds over the batches:
+    where a step's time goes."""
+    names = dict.fromkeys(name for b in batches for name in b.get("steps", {}))
+    return {
+        name: round(_median([b["steps"].get(name, 0.0) for b in batches]) or 0.0, 2)
+        for name in names
+    }
 
 
 def run(rates: list[int], step_seconds: int, trigger: int, seed: int, progress) -> dict:

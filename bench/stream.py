@@ -97,8 +97,9 @@ def state_per_visit(lake: Path) -> tuple[int, int]:
     newest = max(STREAM_SESSIONS.partitions_in(sessions), default=None)
     if newest is None:
         return 0, 0
-    table = pq.read_table(newest, columns=["last_ts"]).column("last_ts").to_pylist()
-    active = sum(1 for ts in table if ts >= max(table) - VISIT_GAP_MS)
+    last_ts = pq.read_table(newest, columns=["last_ts"]).column("last_ts").to_pylist()
+    since = max(last_ts, default=0) - VISIT_GAP_MS  # once: not once per row
+    active = sum(1 for ts in last_ts if ts >= since)
     state = (
         _du(lake / "stream" / "checkpoint" / "state")
         + _du(sessions)

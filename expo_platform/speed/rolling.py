@@ -32,20 +32,25 @@ def write_rolling(ctx: BatchContext, max_ts: int, upto: str) -> None:
     the counted beacons and sketches of the batches up to `upto`.
 
     The window [end - 24h, end) ends at the minute after the newest event time. Its first
-    and last hours, and the hour before the last (for the last 60 minutes), are read as
-    beacons; the full hours between them come from their sketches.
+    and last hours are read as beacons, and the hours between them come from their sketches.
+    The last 60 minutes are counted exactly from the beacons of their two hours; the filter
+    on `ts` reaches the Parquet files, so of the hour before the last only the files of
+    batches that hold its last minutes are read.
     """
     files, spark = ctx.files, ctx.spark
     end = (max_ts // MINUTE_MS + 1) * MINUTE_MS
     window = list(hour_range(hour_of_ms(end - 24 * HOUR_MS), hour_of_ms(end - 1)))
-    edges = {window[0], hour_of_ms(end - HOUR_MS), window[-1]}
-    paths = [p for hour in sorted(edges) for p in files.beacon_paths(hour, upto)]
-    beacons = STREAM_BEACONS.read(spark, paths).where(
-        (F.col("ts") >= end - 24 * HOUR_MS) & (F.col("ts") < end)
-    )
+    edges = sorted({window[0], window[-1]})
+    last_hours = sorted({hour_of_ms(end - HOUR_MS), window[-1]})
+
+    def beacons(hours: list, start: int):
+        paths = [p for hour in hours for p in files.beacon_paths(hour, upto)]
+        return STREAM_BEACONS.read(spark, paths).where((F.col("ts") >= start) & (F.col("ts") < end))
+
     middle = files.sketches(spark, [h for h in window if h not in edges])
-    day = estimated_visitors(lake.union_all([visitor_sketches(beacons), middle]), ROLLING_24H)
-    last_hour = exact_visitors(beacons.where(F.col("ts") >= end - HOUR_MS), ROLLING_1H)
+    edge_sketches = visitor_sketches(beacons(edges, end - 24 * HOUR_MS))
+    day = estimated_visitors(lake.union_all([edge_sketches, middle]), ROLLING_24H)
+    last_hour = exact_visitors(beacons(last_hours, end - HOUR_MS), ROLLING_1H)
     hour_count = F.coalesce(ROLLING_1H, F.lit(0))
     # The day's visitors include the last hour's: an estimate below that count is raised.
     with object_hash_aggregate(spark):
