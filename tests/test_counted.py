@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from expo_platform.core import beacons as bc
 from expo_platform.serving.store import MetricStore
 from expo_platform.speed import counted, parse
+from expo_platform.speed.app import stream_source
 from expo_platform.speed.context import BatchContext
 from expo_platform.speed.files import EVENT_HOUR, StreamFiles
 from expo_platform.speed.step_times import StepTimes
@@ -98,3 +99,12 @@ def test_duplicates_are_judged_per_event_hour_against_earlier_batches_never_a_re
         # A new epoch (a lost checkpoint) still knows what the earlier one counted.
         ids, _, _ = count_batch(spark, settings, store, "0001-00000000", [line("a", ten)])
         assert ids == []
+
+
+def test_the_query_reads_kafka_through_one_source(spark, settings):
+    """One streaming relation in the query's plan: every micro-batch reads its offsets once
+    (the de-duplication branch of before was a second scan of the same topic)."""
+    source = stream_source(spark, settings.replace(stream={"kafka_bootstrap": "127.0.0.1:9"}))
+    plan = source._jdf.queryExecution().analyzed().toString()
+    assert plan.count("StreamingRelation") == 1, plan
+    assert source.isStreaming

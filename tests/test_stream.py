@@ -40,7 +40,7 @@ from expo_platform.serving.store import MetricStore
 from expo_platform.speed import sketches as sketch_step
 from expo_platform.speed.app import run_stream
 from expo_platform.speed.files import StreamFiles
-from expo_platform.speed.micro_batch import MicroBatch
+from expo_platform.speed.micro_batch import MicroBatch, continues_visits_before
 from expo_platform.speed.offsets import ZkOffsets
 from expo_platform.speed.rolling import write_rolling
 from expo_platform.speed.step_times import StepTimes
@@ -452,3 +452,14 @@ def test_step_times_add_up_repeated_steps_and_time_a_failing_one():
     assert list(steps.seconds) == ["sessions", "metrics"]
     assert steps.elapsed() >= steps.seconds["sessions"] + steps.seconds["metrics"]
     assert str(steps) == " ".join(f"{k}={v:.1f}s" for k, v in steps.seconds.items())
+
+
+def test_a_batch_republishes_the_hour_before_only_while_it_can_continue_its_visits():
+    """A visit of hour H - 1 ends before H; a beacon more than 35 minutes after its last one
+    starts a new visit. So from H + 35 minutes on, a batch cannot change H - 1's bounces."""
+    hour = START + timedelta(hours=1)
+    last_of_before = hour_start_ms(hour) - 1  # the latest a visit of H - 1 can have been seen
+    gap = 35 * 60_000
+    assert continues_visits_before(hour, last_of_before + gap)  # exactly the gap: goes on
+    assert continues_visits_before(hour, hour_start_ms(hour) + gap - 1)
+    assert not continues_visits_before(hour, hour_start_ms(hour) + gap)

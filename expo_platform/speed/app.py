@@ -99,14 +99,7 @@ def run_stream(
         spark.conf.set(name, value)
     stop = stop or threading.Event()
     files = StreamFiles(settings)
-    options: dict[str, Any] = {
-        "startingOffsets": settings.stream.starting_offsets,
-    }
-    if settings.stream.source == "expo_kafka":
-        options["endOffsets"] = settings.stream.kafka_end_offsets
-    if settings.stream.max_offsets:
-        options["maxOffsetsPerTrigger"] = settings.stream.max_offsets
-    source = read_stream(spark, settings, settings.stream.source, **options)
+    source = stream_source(spark, settings)
     report = StreamReport()
     handlers = _install_signal_handlers(stop)
     lease = None
@@ -217,6 +210,19 @@ def run_stream(
     report.stopped_by = report.stopped_by or ("idle" if until_idle else "stopped")
     progress(f"stream stopped ({report.stopped_by}) after {report.batches} micro-batches")
     return report
+
+
+def stream_source(spark: SparkSession, settings: Settings) -> DataFrame:
+    """The query's input: the topic's messages, read by one source (each micro-batch reads
+    Kafka once; `MicroBatch` parses what it read once)."""
+    options: dict[str, Any] = {
+        "startingOffsets": settings.stream.starting_offsets,
+    }
+    if settings.stream.source == "expo_kafka":
+        options["endOffsets"] = settings.stream.kafka_end_offsets
+    if settings.stream.max_offsets:
+        options["maxOffsetsPerTrigger"] = settings.stream.max_offsets
+    return read_stream(spark, settings, settings.stream.source, **options)
 
 
 STOP_REQUESTED = "stop requested before the micro-batch started"

@@ -26,12 +26,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from expo_platform.core.hours import ONE_HOUR, hour_range
+from expo_platform.core.hours import ONE_HOUR, hour_range, hour_start_ms
+from expo_platform.core.visits import VISIT_GAP_MS
 from expo_platform.lake import STREAM_SESSIONS
 from expo_platform.serving.store import MetricStore
 from expo_platform.settings import Settings
@@ -145,9 +147,9 @@ class MicroBatch:
             # The watermark follows each batch's 99th percentile of event time, not its
             # maximum: one beacon from a clock hours ahead must not make a batch of on-time
             # ones late.
-            newest = batch.on_time.agg(F.percentile("ts", WATERMARK_QUANTILE).cast("long")).first()[
-                0
-            ]
+            newest, earliest = batch.on_time.agg(
+                F.percentile("ts", WATERMARK_QUANTILE).cast("long"), F.min("ts")
+            ).first()
         known = [v for v in (previous.max_ts, newest) if v is not None]
         message_count = sum(c["beacons_total"] for c in batch_counts.values())
         progress = Progress(
@@ -166,10 +168,11 @@ class MicroBatch:
             first, newest_hour = batch.hours[0], self.files.hours_with_beacons(key)[-1]
             with step("sessions"):
                 sessions.sessionize(ctx, list(hour_range(first, newest_hour)), touched)
-            # An hour's bounces depend on the next hour: the hour before `first` changes too.
             if ctx.writes:
                 with step("metrics"):
-                    publish.publish(ctx, list(hour_range(first - ONE_HOUR, newest_hour)))
+                    # The hour before `first` too, if the batch may continue its visits.
+                    since = first - ONE_HOUR if continues_visits_before(first, earliest) else first
+                    publish.publish(ctx, list(hour_range(since, newest_hour)))
         if progress.max_ts is not None and ctx.writes:
             with step("rolling"):
                 rolling.write_rolling(ctx, progress.max_ts, key)
@@ -225,3 +228,12 @@ class MicroBatch:
             {p: f"{lo}..{hi}" for p, (lo, hi) in gap.items()} or "nothing",
             len(hours),
         )
+
+
+def continues_visits_before(first: datetime, earliest_ts: int) -> bool:
+    """Whether a batch whose earliest on-time beacon is `earliest_ts`, in hour `first`, may
+    change the metrics of the hour before: an hour's bounces depend on which of its visits go
+    on in the next hour, and only a beacon within VISIT_GAP_MS of the hour's start can
+    continue a visit of the hour before (its last beacon is earlier than the hour, and a
+    beacon more than VISIT_GAP_MS after it starts a new visit)."""
+    return earliest_ts - hour_start_ms(first) < VISIT_GAP_MS
