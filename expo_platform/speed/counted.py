@@ -23,10 +23,10 @@ from pyspark.sql import functions as F
 
 from expo_platform import lake
 from expo_platform.core import beacons as bc
-from expo_platform.core.hours import hour_key, parse_hour
+from expo_platform.core.hours import parse_hour
 from expo_platform.lake import STREAM_BEACONS
 from expo_platform.speed.context import BatchContext
-from expo_platform.speed.files import EVENT_HOUR
+from expo_platform.speed.files import EVENT_HOUR, by_hour
 
 
 @dataclass
@@ -57,17 +57,14 @@ def classify(ctx: BatchContext, beacons: DataFrame, watermark: int | None) -> Co
 def _counted_before(ctx: BatchContext, on_time: DataFrame, hours: list[datetime]) -> DataFrame:
     """(EVENT_HOUR, event_id) of the batch's on-time beacons that an earlier batch counted."""
     paths = {h: ctx.files.beacon_paths(h, ctx.key, inclusive=False) for h in hours}
-    frames = [
-        STREAM_BEACONS.read(ctx.spark, paths[hour])
-        .select("event_id")
-        .withColumn(EVENT_HOUR, F.lit(hour_key(hour)))
-        for hour in hours
-        if paths[hour]
-    ]
-    if not frames:
+    earlier = [hour for hour in hours if paths[hour]]
+    if not earlier:
         return on_time.select(EVENT_HOUR, "event_id").limit(0)
+    ids = by_hour(
+        earlier, lambda hour: STREAM_BEACONS.read(ctx.spark, paths[hour]).select("event_id")
+    )
     mine = on_time.select(EVENT_HOUR, "event_id")
-    return lake.union_all(frames).join(mine, [EVENT_HOUR, "event_id"], "left_semi").distinct()
+    return ids.join(mine, [EVENT_HOUR, "event_id"], "left_semi").distinct()
 
 
 def write(ctx: BatchContext, counted: DataFrame) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from expo_platform import lake
 from expo_platform.core.hours import hour_key
@@ -27,6 +29,13 @@ PROGRESS_KEPT = 20
 MINUTE_MS = 60_000
 # A message's event hour (`event_hour_col`), the partition column of the stream's tables.
 EVENT_HOUR = STREAM_BEACONS.partition_column
+
+
+def by_hour(hours: list[datetime], rows_of: Callable[[datetime], DataFrame]) -> DataFrame:
+    """The rows of each hour, with the hour in column EVENT_HOUR; `hours` is not empty."""
+    return lake.union_all(
+        [rows_of(hour).withColumn(EVENT_HOUR, F.lit(hour_key(hour))) for hour in hours]
+    )
 
 
 @dataclass

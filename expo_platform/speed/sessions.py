@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from expo_platform.core.hours import ONE_HOUR, hour_key, hour_start_ms
 from expo_platform.core.visits import build_sessions
+from expo_platform.lake import STREAM_BEACONS
 from expo_platform.speed.context import BatchContext
 from expo_platform.speed.files import EVENT_HOUR
 
@@ -32,7 +33,7 @@ def sessionize(ctx: BatchContext, hours: list[datetime], touched: DataFrame) -> 
         if not paths:
             shutil.rmtree(target, ignore_errors=True)
             continue
-        beacons = files.beacons(spark, hour, ctx.key)
+        beacons = STREAM_BEACONS.read(spark, paths)
         carried = files.sessions(spark, [hour - ONE_HOUR])
         if target.is_dir():
             sessions = F.broadcast(

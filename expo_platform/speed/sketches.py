@@ -5,19 +5,16 @@ day of beacons."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from datetime import datetime
 
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from expo_platform import lake
-from expo_platform.core.hours import hour_key
 from expo_platform.core.metrics import merge_sketches, sketches_of_hours, visitor_sketches
 from expo_platform.lake import STREAM_SKETCHES
 from expo_platform.spark import object_hash_aggregate
 from expo_platform.speed.context import BatchContext
-from expo_platform.speed.files import EVENT_HOUR
+from expo_platform.speed.files import EVENT_HOUR, by_hour
 
 
 def update(ctx: BatchContext, on_time: DataFrame, hours: list[datetime]) -> None:
@@ -37,8 +34,8 @@ def update(ctx: BatchContext, on_time: DataFrame, hours: list[datetime]) -> None
     kept = sketches_of_hours(
         written,
         lambda hour: hour not in missing,
-        lambda hours: _by_hour(hours, lambda hour: files.sketches(spark, [hour])),
-        lambda hours: _by_hour(hours, lambda hour: files.beacons(spark, hour, ctx.key)),
+        lambda hours: by_hour(hours, lambda hour: files.sketches(spark, [hour])),
+        lambda hours: by_hour(hours, lambda hour: files.beacons(spark, hour, ctx.key)),
         EVENT_HOUR,
     )
     merged = merge_sketches(
@@ -53,10 +50,3 @@ def update(ctx: BatchContext, on_time: DataFrame, hours: list[datetime]) -> None
             new.mkdir(parents=True)
         files.move_in(new, files.sketch_path(hour))
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _by_hour(hours: list[datetime], rows_of: Callable[[datetime], DataFrame]) -> DataFrame:
-    """The rows of each hour, with the hour in column EVENT_HOUR."""
-    return lake.union_all(
-        [rows_of(hour).withColumn(EVENT_HOUR, F.lit(hour_key(hour))) for hour in hours]
-    )
