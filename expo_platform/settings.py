@@ -61,6 +61,8 @@ def _setting(
 # validation of a 2 M-line hour takes 18 s instead of 36 s. The parallel collector spends less
 # of 2 cores than G1 (the default), and a batch hour needs throughput, not short pauses: the
 # bench hour's CPU fell by 15%, its wall time by 5% in a new JVM, 16% warm (docs/benchmarks.md).
+# Where the local services listen unless a setting says otherwise.
+LOOPBACK = "127.0.0.1"
 JVM_OPTIONS = "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
 
 # Environment variables that hold secrets. Their values never enter the settings.
@@ -442,6 +444,8 @@ class Settings:
             # sort aggregate does the same in a fraction (profile: 26 s -> 4 s of aggregation).
             "spark.sql.execution.useObjectHashAggregateExec": "false",
             "spark.ui.showConsoleProgress": "false",
+            # The UI shows; it does not stop jobs or stages for whoever reaches it.
+            "spark.ui.killEnabled": "false",
         }
         conf.update(self.spark.conf)
         return conf

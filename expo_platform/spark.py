@@ -9,11 +9,15 @@ from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
-from expo_platform.settings import Settings
+from expo_platform.settings import LOOPBACK, Settings
 
 
 def python_environment() -> None:
-    """Make Spark's Python workers use this interpreter, which has pyarrow and the library."""
+    """Make Spark's Python workers use this interpreter, which has pyarrow and the library;
+    bind the driver, its block manager and its UI to loopback unless SPARK_LOCAL_IP says
+    otherwise (Spark's default is every interface: anyone who reached the machine could
+    open the UI)."""
+    os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 

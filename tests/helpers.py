@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -112,3 +113,30 @@ def in_dagster_home(settings: Settings) -> Iterator[None]:
         mp.setenv("EXPO_METRIC_STORE", settings.lake.metric_store)
         prepare_dagster_home(settings, PROJECT)
         yield
+
+
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[int, str, str, int]]:
+    """(pid, process name, address, port) of every TCP socket listening in these processes
+    and their descendants."""
+    import psutil
+
+    found = []
+    processes = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            processes += [root, *root.children(recursive=True)]
+    for process in {p.pid: p for p in processes}.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((process.pid, process.name(), conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def exposed(sockets: list[tuple[int, str, str, int]]) -> list[tuple[int, str, str, int]]:
+    """The sockets of `listening_sockets` that are reachable beyond loopback."""
+    return [s for s in sockets if s[2] not in LOOPBACK_ADDRESSES]

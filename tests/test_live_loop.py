@@ -5,7 +5,8 @@ Dagster (webserver, daemon, schedules, sensors). The traffic's backlog covers tw
 so within minutes the stream has written speed points of the hour before last, and
 Dagster's own automation (the ingest schedule, then the metrics sensor) has recomputed it
 from the stream's landing files. The test asserts values: the merged view returns the batch
-points, the reconciliation finds no drift, and the supervisor's ticks are healthy.
+points, the reconciliation finds no drift, the supervisor's ticks are healthy, and every socket the
+platform listens on is on loopback.
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ import pytest
 
 from expo_platform.core.hours import ONE_HOUR, hour_iso, hour_key, truncate_hour
 from expo_platform.core.metrics import ALLOWED_ERROR, EXPERIMENT_METRICS
-from expo_platform.ops.services import PLATFORM_NAMES, free_port, recorded_service
+from expo_platform.ops.services import (
+    PLATFORM_NAMES,
+    free_port,
+    recorded_service,
+    running_services,
+)
 from expo_platform.serving.reconcile import reconcile_hour
 from expo_platform.serving.store import MetricStore
-from tests.helpers import PROJECT, wait
+from tests.helpers import PROJECT, exposed, listening_sockets, wait
 from tests.test_local_platform import _local
 
 # From `up` to the batch points of the hour. The backlog reaches back to the start of the hour
@@ -161,6 +167,14 @@ def test_make_up_closes_the_lambda_loop_on_live_traffic(tmp_path, monkeypatch):
         assert supervisor, "the streaming supervisor has not ticked"
         assert all(t["status"] == "SKIPPED" for t in supervisor[:3]), supervisor
         assert all(t["skipReason"].startswith("ok: healthy") for t in supervisor[:3]), supervisor
+        # 6. Every socket the platform listens on (ZooKeeper, the broker, the stream's driver,
+        # block manager and UI, Dagster's webserver and code servers) is on loopback.
+        sockets = listening_sockets([s.pid for s in running_services(tmp_path / "services")])
+        ports = {port for *_, port in sockets}
+        configured = [env["EXPO_KAFKA_BOOTSTRAP"], env["EXPO_ZOOKEEPER"]]
+        wanted = {dagster_port, int(env["EXPO_STREAM_UI_PORT"])}
+        assert wanted | {int(a.rsplit(":", 1)[1]) for a in configured} <= ports, sockets
+        assert exposed(sockets) == []
     finally:
         down = _local("down", env, dagster_port)
     assert all(f"{name} pid=" in down for name in PLATFORM_NAMES), down

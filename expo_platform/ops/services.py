@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expo_platform.errors import ExpoError
+from expo_platform.settings import LOOPBACK
 
 log = logging.getLogger("expo_platform.ops.services")
 
@@ -602,7 +603,10 @@ def spark_env() -> dict[str, str]:
     """The environment of Spark's launch scripts: SPARK_HOME, and Java must be found."""
     if not os.environ.get("JAVA_HOME") and not shutil.which("java"):
         raise ExpoError("java not found: `make system` installs Java")
-    return {"SPARK_HOME": str(spark_home())}
+    return {
+        "SPARK_HOME": str(spark_home()),
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", LOOPBACK),  # spark.python_environment
+    }
 
 
 def master_url(port: int, host: str = "127.0.0.1") -> str:
@@ -658,7 +662,7 @@ def master_status(ui: str, timeout: float = 5.0) -> dict | None:
 
 def _cluster_env(local_dirs: Path | None = None) -> dict[str, str]:
     # Loopback only, like the other local services; executors inherit it from the worker.
-    env = {**spark_env(), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = spark_env()
     if local_dirs is not None:
         local_dirs.mkdir(parents=True, exist_ok=True)
         env["SPARK_LOCAL_DIRS"] = str(local_dirs)  # shuffle and spill of the executors
