@@ -4,10 +4,12 @@
     make bench BENCH_ARGS="--only batch --beacons 500000"
     make bench BENCH_ARGS="--only stream --rates 2000,5000,10000 --step-seconds 240"
     make bench BENCH_ARGS="--only batch,live --live-rates 2000,4000 --live-step-seconds 600"
+    make bench BENCH_ARGS="--only connect --connect-beacons 100000"
 
 `stream` replays a compressed day as fast as the rate says (a stress case: each micro-batch
 spans hours of event time); `live` sends wall-clock traffic, as production does, and its
-sustained rate is compared with the batch layer's warm throughput measured in the same run.
+sustained rate is compared with the batch layer's warm throughput measured in the same run;
+`connect` times a small hour through `expo batch`, embedded and on a warm Spark Connect server.
 
 Generated inputs are cached in bench/.cache; results go to bench/results/<time>.json.
 """
@@ -36,8 +38,9 @@ TARGETS = {
     "freshness p99 (s)": ("freshness_p99_s", "<=", 120),
     "live stream / batch warm beacons/s": ("live_over_batch_warm", ">=", 1.0),
     "live freshness p99 / trigger": ("live_freshness_p99_triggers", "<=", 2.0),
+    "small hour through expo batch, warm Connect server (s)": ("connect_server_hour_s", "<=", 15),
 }
-PARTS = ("batch", "stream", "live")
+PARTS = ("batch", "stream", "live", "connect")
 
 
 def ratios(parts: dict) -> dict:
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--live-step-seconds", type=int, default=600, help="run time per live rate (>= 600)"
     )
+    parser.add_argument(
+        "--connect-beacons", type=int, default=100_000, help="lines in the connect part's hour"
+    )
     args = parser.parse_args(argv)
     wanted = set(args.only.split(",")) if args.only else set(PARTS)
     if wanted - set(PARTS):
@@ -168,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         results["parts"]["stream"] = stream.run(
             rates, args.step_seconds, args.trigger_seconds, args.seed, progress
         )
+    if "connect" in wanted:
+        from bench import connect
+
+        results["parts"]["connect"] = connect.run(cache, args.connect_beacons, args.seed, progress)
     results["parts"]["ratios"] = ratios(results["parts"])
     out = HERE / "results" / f"{results['when']}.json"
     out.parent.mkdir(exist_ok=True)
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresults: {out}")
     figures = results["parts"].get("batch", {})
     correct = figures.get("metrics_agree", True) and figures.get("rerun_agrees", True)
+    correct = correct and results["parts"].get("connect", {}).get("connect_metrics_agree", True)
     return 0 if correct else 1
 
 

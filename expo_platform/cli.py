@@ -158,7 +158,8 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
     prepare_dagster_home(settings, project)
     defs = build_defs(settings)
     print(
-        f"batch {hour_label(args.first)} .. {hour_label(args.last)} on {settings.spark.master}, "
+        f"batch {hour_label(args.first)} .. {hour_label(args.last)} "
+        f"on {settings.spark.remote or settings.spark.master}, "
         f"lake {settings.lake.root}, runs recorded in {settings.local.dagster_home}"
     )
     done = run_batch(defs, args.first, args.last, progress=print)

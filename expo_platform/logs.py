@@ -65,3 +65,40 @@ def run_command(prog: str, action: Callable[[Settings], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+class KafkaErrorLog:
+    """librdkafka's errors as structured log lines: one per kind of error and `every_s`
+    seconds, naming the client and the broker address. librdkafka itself would print a line
+    per reconnect attempt on stderr ("Connect to ipv4#... failed", hundreds a minute while a
+    broker is down); `quiet_kafka_conf` turns that off and routes the errors here."""
+
+    def __init__(self, client: str, address: str, every_s: float = 60.0) -> None:
+        self.client, self.address, self.every_s = client, address, every_s
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def __call__(self, error) -> None:
+        kind = error.name()
+        now = time.monotonic()
+        if now - self.last.get(kind, float("-inf")) < self.every_s:
+            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+            return
+        self.last[kind] = now
+        logging.getLogger("expo_platform.kafka").warning(
+            "kafka client error",
+            extra={
+                "client": self.client,
+                "address": self.address,
+                "error": error.str(),
+                "repeats_since_last": self.suppressed.pop(kind, 0),
+            },
+        )
+
+
+def quiet_kafka_conf(client: str, address: str) -> dict:
+    """librdkafka settings that keep its own log lines off stderr (log_level 0) and report
+    its errors once a minute through `KafkaErrorLog`. For clients in this process only: a
+    consumer in a Spark task gets `{"log_level": 0}` (a callback does not travel), and its
+    failures surface as the task's error."""
+    return {"log_level": 0, "error_cb": KafkaErrorLog(client, address)}

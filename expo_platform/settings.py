@@ -172,6 +172,12 @@ class SparkSettings:
     shuffle_partitions: int = _setting(
         "EXPO_SHUFFLE_PARTITIONS", 4, "spark.sql.shuffle.partitions", values.positive_int
     )
+    remote: str = _setting(
+        "EXPO_SPARK_REMOTE",
+        "",
+        "sc://host:port of the Spark Connect server the batch layer runs on (`make up` starts "
+        "one; empty: an embedded session in each process)",
+    )
     master_ui: str = _setting(
         "EXPO_SPARK_MASTER_UI",
         "",
@@ -371,6 +377,15 @@ class LocalSettings:
     cluster_worker_memory: str = _setting(
         "EXPO_CLUSTER_WORKER_MEMORY", "2g", "memory the worker offers to executors", values.memory
     )
+    connect_port: int = _setting(
+        "EXPO_CONNECT_PORT",
+        15002,
+        "port of the Spark Connect server that `make up` starts for the batch layer",
+        values.positive_int,
+    )
+    connect_ui_port: int = _setting(
+        "EXPO_CONNECT_UI_PORT", 4050, "Spark UI port of that server", values.positive_int
+    )
 
 
 SECTIONS = {
@@ -421,6 +436,13 @@ class Settings:
         """The speed layer's own files: checkpoint, counted beacons, sessions, progress."""
         region = self.stream.region
         return self.lake.root / (f"stream-{region}" if region else "stream")
+
+    def batch_session_config(self) -> dict[str, str]:
+        """What a batch-layer session is built from: the Spark Connect server's address when
+        EXPO_SPARK_REMOTE is set (the server holds the rest), else `spark_config`."""
+        if self.spark.remote:
+            return {"spark.remote": self.spark.remote}
+        return self.spark_config()
 
     def spark_config(self) -> dict[str, str]:
         """The Spark configuration every session of the platform starts with."""

@@ -27,15 +27,22 @@ def get_spark(settings: Settings) -> SparkSession:
     python_environment()
     settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder
-    for key, value in settings.spark_config().items():
+    for key, value in settings.batch_session_config().items():
         builder = builder.config(key, value)
     return quiet(builder.getOrCreate())
 
 
 def quiet(spark: SparkSession) -> SparkSession:
-    """Keep Spark's and Hive's routine warnings out of the platform's output."""
-    spark.sparkContext.setLogLevel("ERROR")
+    """Keep Spark's and Hive's routine warnings out of the platform's output (a Spark Connect
+    session has no log of its own here: the server keeps it)."""
+    if not is_remote(spark):
+        spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def is_remote(spark: SparkSession) -> bool:
+    """Whether `spark` is a Spark Connect client session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 OBJECT_HASH_AGGREGATE = "spark.sql.execution.useObjectHashAggregateExec"

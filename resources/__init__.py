@@ -74,7 +74,7 @@ def build_resources(settings: Settings) -> dict:
     alerts = settings.alerts
     return {
         "settings": dg.ResourceDefinition.hardcoded_resource(settings, "the Expo settings"),
-        "pyspark": PySparkResource(spark_config=settings.spark_config()),
+        "pyspark": PySparkResource(spark_config=settings.batch_session_config()),
         "metric_store": MetricStoreResource(
             url=_secret(settings, "EXPO_METRIC_STORE", settings.lake.metric_store)
         ),

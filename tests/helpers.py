@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,3 +142,12 @@ def listening_sockets(pids: list[int]) -> list[tuple[int, str, str, int]]:
 def exposed(sockets: list[tuple[int, str, str, int]]) -> list[tuple[int, str, str, int]]:
     """The sockets of `listening_sockets` that are reachable beyond loopback."""
     return [s for s in sockets if s[2] not in LOOPBACK_ADDRESSES]
+
+
+def spark_sql_executions(ui_port: int) -> int:
+    """How many SQL executions the one application of the Spark UI on `ui_port` lists."""
+    ui = f"http://127.0.0.1:{ui_port}/api/v1/applications"
+    with urllib.request.urlopen(ui, timeout=10) as response:
+        (app,) = json.load(response)
+    with urllib.request.urlopen(f"{ui}/{app['id']}/sql?length=100000", timeout=30) as response:
+        return len(json.load(response))

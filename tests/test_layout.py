@@ -80,3 +80,28 @@ def test_the_contract_check_sees_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from expo_platform.speed import stream\n    import dagster\n")
     assert {"expo_platform.speed", "expo_platform.speed.stream", "dagster"} <= imports_of(bad)
+
+
+# What a Spark Connect client does not have: the batch layer runs on the server unchanged.
+CLASSIC_ONLY = {"sparkContext", "rdd", "_jvm", "_jsc", "_jdf", "_sc"}
+
+
+def classic_only_uses(path: Path) -> list[str]:
+    """`name:line` of every attribute of classic Spark that a Connect session lacks."""
+    return [
+        f"{node.attr}:{node.lineno}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr in CLASSIC_ONLY
+    ]
+
+
+@pytest.mark.parametrize("layer", ["core", "batch", "analysis", "serving"])
+def test_the_batch_side_uses_nothing_a_spark_connect_session_lacks(layer):
+    found = {p.name: uses for p in modules(layer) if (uses := classic_only_uses(p))}
+    assert found == {}
+
+
+def test_the_connect_check_sees_a_spark_context(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(spark):\n    return spark.sparkContext.parallelize([1]).rdd\n")
+    assert sorted(classic_only_uses(module)) == ["rdd:2", "sparkContext:2"]

@@ -33,7 +33,7 @@ from expo_platform.ops.services import (
 )
 from expo_platform.serving.reconcile import reconcile_hour
 from expo_platform.serving.store import MetricStore
-from tests.helpers import PROJECT, exposed, listening_sockets, wait
+from tests.helpers import PROJECT, exposed, listening_sockets, spark_sql_executions, wait
 from tests.test_local_platform import _local
 
 # From `up` to the batch points of the hour. The backlog reaches back to the start of the hour
@@ -87,6 +87,8 @@ def test_make_up_closes_the_lambda_loop_on_live_traffic(tmp_path, monkeypatch):
         EXPO_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
         EXPO_ZOOKEEPER=f"127.0.0.1:{free_port()}",
         EXPO_STREAM_UI_PORT=str(free_port()),
+        EXPO_CONNECT_PORT=str(free_port()),
+        EXPO_CONNECT_UI_PORT=str(free_port()),
         EXPO_STREAM_TRIGGER_SECONDS="45",
         EXPO_UP_RATE="4",
         EXPO_UP_BACKLOG_MINUTES=str(backlog),
@@ -172,9 +174,11 @@ def test_make_up_closes_the_lambda_loop_on_live_traffic(tmp_path, monkeypatch):
         sockets = listening_sockets([s.pid for s in running_services(tmp_path / "services")])
         ports = {port for *_, port in sockets}
         configured = [env["EXPO_KAFKA_BOOTSTRAP"], env["EXPO_ZOOKEEPER"]]
-        wanted = {dagster_port, int(env["EXPO_STREAM_UI_PORT"])}
+        wanted = {dagster_port, int(env["EXPO_STREAM_UI_PORT"]), int(env["EXPO_CONNECT_PORT"])}
         assert wanted | {int(a.rsplit(":", 1)[1]) for a in configured} <= ports, sockets
         assert exposed(sockets) == []
+        # 7. Dagster's runs ran on the Spark Connect server: its UI lists their queries.
+        assert spark_sql_executions(int(env["EXPO_CONNECT_UI_PORT"])) > 50
     finally:
         down = _local("down", env, dagster_port)
     assert all(f"{name} pid=" in down for name in PLATFORM_NAMES), down

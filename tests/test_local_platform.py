@@ -47,6 +47,8 @@ def test_up_starts_everything_and_down_stops_it(tmp_path):
         EXPO_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
         EXPO_ZOOKEEPER=f"127.0.0.1:{free_port()}",
         EXPO_STREAM_UI_PORT=str(free_port()),
+        EXPO_CONNECT_PORT=str(free_port()),
+        EXPO_CONNECT_UI_PORT=str(free_port()),
         EXPO_STREAM_TRIGGER_SECONDS="10",
         EXPO_UP_RATE="50",
         DAGSTER_HOME=str(tmp_path / "dagster_home"),
@@ -57,6 +59,7 @@ def test_up_starts_everything_and_down_stops_it(tmp_path):
         out = _local("up", env, dagster_port)
         assert f"Dagster UI: http://127.0.0.1:{dagster_port}" in out
         assert f"http://127.0.0.1:{env['EXPO_STREAM_UI_PORT']}" in out
+        assert f"EXPO_SPARK_REMOTE=sc://127.0.0.1:{env['EXPO_CONNECT_PORT']}" in out
         running = {name: recorded_service(services, name) for name in PLATFORM_NAMES}
         assert all(s is not None and s.alive() for s in running.values()), out
         query = """{ repositoriesOrError { ... on RepositoryConnection { nodes {

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines, live_lines
 from expo_platform.errors import ExpoError
+from expo_platform.logs import quiet_kafka_conf
 
 log = logging.getLogger("expo_platform.devtools.producer")
 
@@ -98,7 +99,12 @@ class _Delivery:
 
 def make_producer(bootstrap: str, conf: Mapping[str, str] | None = None) -> Producer:
     """A confluent-kafka producer with the platform's defaults, overridden by `conf`."""
-    settings = {"bootstrap.servers": bootstrap, **DEFAULT_CONF, **(conf or {})}
+    settings = {
+        "bootstrap.servers": bootstrap,
+        **quiet_kafka_conf("producer", bootstrap),
+        **DEFAULT_CONF,
+        **(conf or {}),
+    }
     try:
         return Producer(settings)
     except KafkaException as exc:

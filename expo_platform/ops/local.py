@@ -18,6 +18,7 @@ from pathlib import Path
 
 from expo_platform.core.hours import ONE_HOUR, truncate_hour
 from expo_platform.ops import services
+from expo_platform.ops.connect import remote_url, start_connect
 from expo_platform.ops.supervision import stream_launcher
 from expo_platform.settings import Settings, path_env
 
@@ -67,6 +68,12 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
         ]
         generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
         say(f"{generator.describe()} (started, {settings.local.up_rate}/s)")
+    if services.CONNECT in running:
+        connect = services.recorded_service(folder, services.CONNECT)
+    else:
+        connect = start_connect(settings)
+        say(f"{connect.describe()} (started)")
+    remote = remote_url(connect.port)
     if services.DAGSTER not in running:
         from expo_platform.ops.dagster_home import ensure_dagster_home
 
@@ -81,7 +88,12 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "-p",
             str(dagster_port),
         ]
-        env = {**path_env(settings), "DAGSTER_HOME": str(home), "EXPO_SUPERVISE": "on"}
+        env = {
+            **path_env(settings),
+            "DAGSTER_HOME": str(home),
+            "EXPO_SUPERVISE": "on",
+            "EXPO_SPARK_REMOTE": remote,  # every run on the warm server
+        }
         dagster = services.start_process(
             services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
         )
@@ -90,6 +102,9 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
     say(f"metric store: {settings.lake.metric_store}")
     say(f"Dagster UI: http://127.0.0.1:{dagster_port}")
     say(f"Spark UI of the streaming app: http://127.0.0.1:{settings.stream.ui_port}")
+    say(f"Spark Connect server of the batch layer: {remote}")
+    say(f"  its Spark UI: http://127.0.0.1:{settings.local.connect_ui_port}")
+    say(f"  the server holds the Hive metastore: run `expo batch` with EXPO_SPARK_REMOTE={remote}")
     say("stop everything with: make down")
 
 

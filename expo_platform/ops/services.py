@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expo_platform.errors import ExpoError
+from expo_platform.logs import quiet_kafka_conf
 from expo_platform.settings import LOOPBACK
 
 log = logging.getLogger("expo_platform.ops.services")
@@ -37,15 +38,16 @@ SERVICE_NAMES = (ZOOKEEPER, BROKER)
 STREAM = "stream"  # the streaming app, ready when its Spark UI answers
 GENERATOR = "generator"  # live traffic; no port
 DAGSTER = "dagster"  # dagster dev: webserver and daemon
+CONNECT = "connect"  # the Spark Connect server of the batch layer (ops/connect.py)
 # Everything `make up` may start, in start order; `make down` stops it in reverse.
-PLATFORM_NAMES = (ZOOKEEPER, BROKER, STREAM, GENERATOR, DAGSTER)
+PLATFORM_NAMES = (ZOOKEEPER, BROKER, STREAM, GENERATOR, CONNECT, DAGSTER)
 SPARK_MASTER = "spark-master"  # a standalone master, from the pyspark wheel
 SPARK_WORKER = "spark-worker"  # one worker of that master
 CLUSTER_NAMES = (SPARK_MASTER, SPARK_WORKER)
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 # SIGTERM lets the streaming app finish its micro-batch: give it time.
-STOP_TIMEOUTS = {STREAM: 180.0, DAGSTER: 60.0}
+STOP_TIMEOUTS = {STREAM: 180.0, DAGSTER: 60.0, CONNECT: 60.0}
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 ZOOKEEPER_CLASSPATH = ("/etc/zookeeper/conf_example", "/usr/share/java/zookeeper.jar")
 # Debian ships these beside ZooKeeper; with them its log4j config writes to the log file,
@@ -513,8 +515,10 @@ def _http_ready(address: str, timeout: float) -> bool:
 def _admin(bootstrap: str, **conf: object):
     from confluent_kafka.admin import AdminClient
 
-    # log_level 0 keeps librdkafka's connection-refused lines out of the output.
-    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, **conf})
+    # librdkafka's connection-refused lines stay out of the output (`quiet_kafka_conf`).
+    return AdminClient(
+        {"bootstrap.servers": bootstrap, **quiet_kafka_conf("admin", bootstrap), **conf}
+    )
 
 
 def _broker_ready(address: str, timeout: float) -> bool:

@@ -52,6 +52,7 @@ from pyspark.sql.types import (
 )
 
 from expo_platform.errors import ExpoError
+from expo_platform.logs import quiet_kafka_conf
 from expo_platform.settings import Settings
 
 log = logging.getLogger("expo_platform.speed.kafka_source")
@@ -198,6 +199,7 @@ class SourceOptions:
             "enable.auto.offset.store": "false",
             "auto.offset.reset": "earliest",
             "enable.partition.eof": "false",
+            "log_level": 0,  # no librdkafka line per reconnect (see logs.quiet_kafka_conf)
             **self.client_conf,
         }
 
@@ -382,7 +384,11 @@ class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow)
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            conf = {"bootstrap.servers": self.options.bootstrap, **self.options.client_conf}
+            conf = {
+                "bootstrap.servers": self.options.bootstrap,
+                **quiet_kafka_conf("source-admin", self.options.bootstrap),
+                **self.options.client_conf,
+            }
             self._admin = AdminClient(conf)
         return self._admin
 

@@ -1,0 +1,107 @@
+"""The batch layer on the Spark Connect server that `make up` starts (`ops/connect.py`).
+
+The server is started by the project's own code, on loopback, with the Hive metastore inside
+it. `expo batch` then runs as a thin client (EXPO_SPARK_REMOTE): the same library, unchanged,
+and the store must hold what the independent oracle (`tests/reference.py`) computes from the
+landing files of traffic full of traps.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from expo_platform.core.hours import hour_iso, hour_range, parse_hour
+from expo_platform.core.metrics import ALLOWED_ERROR
+from expo_platform.devtools.generator import GeneratorConfig
+from expo_platform.ops.connect import remote_url, start_connect
+from expo_platform.ops.services import free_port
+from expo_platform.serving.store import MetricStore
+from tests import reference
+from tests.helpers import (
+    PROJECT,
+    exposed,
+    generated_lake,
+    listening_sockets,
+    spark_sql_executions,
+)
+
+FIRST, LAST = parse_hour("2026-03-02T00"), parse_hour("2026-03-02T03")
+CONFIG = GeneratorConfig(
+    start=FIRST, hours=5, visitors=300, seed=41, dirty_fraction=0.02, trap_fraction=0.3
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("connect")
+    settings, _ = generated_lake(root, {"spark.sql.shuffle.partitions": "4"}, CONFIG)
+    settings = settings.replace(
+        local={
+            "services_dir": root / "services",
+            "connect_port": free_port(),
+            "connect_ui_port": free_port(),
+        },
+        spark={"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "4"}},
+    )
+    service = start_connect(settings)
+    yield settings, service
+    assert service.stop(timeout=60)
+
+
+def _expo_batch(settings, remote: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")}
+    env.update(
+        EXPO_LAKE=str(settings.lake.root),
+        EXPO_METRIC_STORE=settings.lake.metric_store,
+        DAGSTER_HOME=str(settings.local.dagster_home),
+        EXPO_SPARK_REMOTE=remote,
+        EXPO_MAX_REJECT_RATE="0.5",
+        PYSPARK_PYTHON=sys.executable,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "expo_platform.cli", "batch"]
+        + ["--from", FIRST.strftime("%Y-%m-%dT%H"), "--to", LAST.strftime("%Y-%m-%dT%H")],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_expo_batch_on_the_connect_server_equals_the_oracle(server):
+    settings, service = server
+    remote = remote_url(service.port)
+    done = _expo_batch(settings, remote)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"on {remote}" in done.stdout
+    hours = {hour_iso(h) for h in hour_range(FIRST, LAST)}
+    expected = {
+        k: v
+        for k, v in reference.hourly_metrics(
+            reference.load_counted(settings.lake.landing_dir)
+        ).items()
+        if k[4] in hours
+    }
+    with MetricStore(settings.lake.metric_store) as store:
+        stored = store.values(layer="batch")
+    assert {k[4] for k in stored} == hours and set(stored) == set(expected)
+    for key, want in expected.items():
+        allowed = ALLOWED_ERROR.get(key[0], 0.0)
+        assert stored[key] == pytest.approx(want, rel=max(allowed, 1e-12), abs=1e-9), key
+
+    # The work ran in the server: its Spark UI lists the queries of the run.
+    assert spark_sql_executions(settings.local.connect_ui_port) > 20
+
+
+def test_the_connect_server_listens_on_loopback_only(server):
+    settings, service = server
+    sockets = listening_sockets([service.pid])
+    ports = {port for *_, port in sockets}
+    assert {settings.local.connect_port, settings.local.connect_ui_port} <= ports, sockets
+    assert exposed(sockets) == []
