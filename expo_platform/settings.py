@@ -257,6 +257,15 @@ class StreamSettings:
         "spark-submit to the standalone master of EXPO_SPARK_MASTER (spark://...)",
         values.choice("local", "spark-submit"),
     )
+    on_broker_reset: str = _setting(
+        "EXPO_STREAM_ON_BROKER_RESET",
+        "fail",
+        "when the broker ends before the stream's committed offsets (its data lost, e.g. a "
+        "restarted in-memory broker): `fail` stops the app with the offsets in the error; "
+        "`new-epoch` (what `make up` sets) logs it, puts the checkpoint aside, and reads the "
+        "broker from its start in a new epoch, keeping the landed beacons and the store",
+        values.choice("fail", "new-epoch"),
+    )
 
     @property
     def offsets_consumer(self) -> str:

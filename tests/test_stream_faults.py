@@ -52,7 +52,7 @@ from expo_platform.core.hours import parse_hour
 from expo_platform.core.metrics import EXPERIMENT_METRICS
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines
 from expo_platform.devtools.producer import EXACT_END_OFFSETS, produce_lines
-from expo_platform.ops.services import Service, ensure_topic, free_port
+from expo_platform.ops.services import Service, ensure_topic, free_port, start_broker
 from expo_platform.serving.store import MetricStore
 from expo_platform.speed.app import _gist, _restartable
 from expo_platform.speed.offsets import ZkOffsets
@@ -190,6 +190,7 @@ class App:
         self.consumer = f"{self.group}-{region}" if region else self.group
         self.stream_dir = self.lake / (f"stream-{region}" if region else "stream")
         self.runs: list[Run] = []
+        self.extra_env: dict[str, str] = {}  # settings of the next runs
 
     def __enter__(self) -> App:
         return self
@@ -218,6 +219,7 @@ class App:
                 "EXPO_STREAM_UI_PORT": str(free_port()),
                 "PYSPARK_PYTHON": sys.executable,
                 "PYSPARK_DRIVER_PYTHON": sys.executable,
+                **self.extra_env,
             }
         )
         return env
@@ -335,6 +337,15 @@ class Reference:
 
 
 def assert_same_store(app: App, reference: Reference, *, same_boundaries: bool) -> None:
+    """The app's final store, landing zone and quarantine equal the reference run's, and
+    its offsets are the end of a topic that holds the same messages."""
+    assert_same_contents(app, reference, same_boundaries=same_boundaries)
+    ends = topic_ends(app.kafka, app.topic)
+    assert app.committed() == ends
+    assert sum(ends.values()) == sum(reference.ends.values())
+
+
+def assert_same_contents(app: App, reference: Reference, *, same_boundaries: bool) -> None:
     """The app's final store, landing zone and quarantine equal the reference run's."""
     got, want = Views.of(app.store), reference.views
     assert got.quality == want.quality
@@ -350,9 +361,6 @@ def assert_same_store(app: App, reference: Reference, *, same_boundaries: bool) 
         assert got.rolling == want.rolling
     assert landed(app.lake) == reference.landed
     assert quarantined(app.stream_dir) == reference.quarantined
-    ends = topic_ends(app.kafka, app.topic)
-    assert app.committed() == ends
-    assert sum(ends.values()) == sum(reference.ends.values())
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -533,6 +541,51 @@ def test_zookeeper_store_and_broker_outages_are_ridden_out_and_later_messages_ar
         assert "stream stopped (signal)" in run.stdout()
         assert "Kafka at" in run.log() and "is unreachable" in run.log()
         assert_same_store(app, reference, same_boundaries=False)
+
+
+@pytest.mark.slow
+def test_a_broker_that_comes_back_empty_stops_the_app_or_starts_a_new_epoch(
+    zookeeper, traffic, reference, tmp_path
+):
+    """`make down` and `make up` again: the in-memory broker comes back empty while the
+    checkpoint and the ZooKeeper offsets point past its end. By default the app stops with
+    the offsets in its error; with EXPO_STREAM_ON_BROKER_RESET=new-epoch (what `make up`
+    sets) it logs a new epoch, reads the new broker from its start, and ends with the store
+    of one uninterrupted run over both halves: nothing lost, nothing counted twice."""
+    half = len(traffic) // 2
+    port = free_port()
+    first = start_broker(tmp_path / "broker-1", port)
+    topic = unique_topic("reset")
+    (tmp_path / "app").mkdir()
+    try:
+        ensure_topic(first.address, topic, PARTITIONS)
+        produce(first, topic, traffic[:half])
+        with App(first, zookeeper, topic, tmp_path / "app") as app:
+            run = app.start("--until-idle")
+            assert run.wait() == 0, run.tail()
+            before = app.committed()
+            assert sum(before.values()) == half
+            first.stop()
+            first = start_broker(tmp_path / "broker-2", port)  # same address, empty
+            ensure_topic(first.address, topic, PARTITIONS)
+            produce(first, topic, traffic[half:])
+            app.kafka = first
+
+            stopped = app.start("--until-idle")
+            assert stopped.wait() != 0
+            assert "the broker ends at offset" in stopped.log(), stopped.tail()
+            assert app.committed() == before  # nothing moved
+
+            app.extra_env = {"EXPO_STREAM_ON_BROKER_RESET": "new-epoch"}
+            run = app.start("--until-idle")
+            assert run.wait() == 0, run.tail()
+            assert "new epoch from the broker's start" in run.log(), run.tail()
+            assert [key[:4] for key, _ in run.done()][0] == "0001"
+            assert list((app.stream_dir / "retired-checkpoints").glob("epoch-0000-*"))
+            assert app.committed() == topic_ends(first, topic)
+            assert_same_contents(app, reference, same_boundaries=False)
+    finally:
+        first.stop()
 
 
 @contextlib.contextmanager

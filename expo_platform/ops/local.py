@@ -23,6 +23,9 @@ from expo_platform.ops.supervision import stream_launcher
 from expo_platform.settings import Settings, path_env
 
 GENERATOR_SECONDS = 7 * 24 * 3600  # a week: `make down` ends it sooner
+# The local broker keeps its log in memory: after `make down` and `make up` it is empty, while
+# the stream's checkpoint and ZooKeeper offsets survive. The stream then starts a new epoch.
+LOCAL_STREAM_ENV = {"EXPO_STREAM_ON_BROKER_RESET": "new-epoch"}
 
 
 def backlog_minutes(now: datetime) -> int:
@@ -49,7 +52,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
     running = {s.name for s in services.running_services(folder)}
     settings.lake.root.mkdir(parents=True, exist_ok=True)
     if services.STREAM not in running:
-        app = stream_launcher(settings).start()
+        app = stream_launcher(settings, LOCAL_STREAM_ENV).start()
         say(f"{app.describe()} (started)")
     if services.GENERATOR not in running:
         argv = [
@@ -93,6 +96,7 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "DAGSTER_HOME": str(home),
             "EXPO_SUPERVISE": "on",
             "EXPO_SPARK_REMOTE": remote,  # every run on the warm server
+            **LOCAL_STREAM_ENV,  # for the supervisor's restarts of the stream
         }
         dagster = services.start_process(
             services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -23,7 +24,7 @@ from expo_platform.errors import ExpoError
 from expo_platform.serving.store import MetricStore
 from expo_platform.settings import JVM_OPTIONS, Settings
 from expo_platform.speed.files import StreamFiles
-from expo_platform.speed.kafka_source import read_stream
+from expo_platform.speed.kafka_source import DATA_LOST, read_stream
 from expo_platform.speed.lease import WriterLease
 from expo_platform.speed.micro_batch import MicroBatch
 from expo_platform.speed.offsets import ZkOffsets
@@ -143,16 +144,19 @@ def run_stream(
                     report.batches += 1
                     finished.append(batch_id)
 
-            writer = (
-                source.writeStream.queryName("expo_speed")
-                .foreachBatch(on_batch)
-                .option("checkpointLocation", str(files.checkpoint))
-            )
-            writer = (
-                writer.trigger(availableNow=True)
-                if until_idle
-                else writer.trigger(processingTime=f"{settings.stream.trigger_seconds} seconds")
-            )
+            def make_writer() -> Any:
+                writer = (
+                    source.writeStream.queryName("expo_speed")
+                    .foreachBatch(on_batch)
+                    .option("checkpointLocation", str(files.checkpoint))
+                )
+                return (
+                    writer.trigger(availableNow=True)
+                    if until_idle
+                    else writer.trigger(processingTime=f"{settings.stream.trigger_seconds} seconds")
+                )
+
+            writer = make_writer()
             failing_since: float | None = None
             delay = 1.0
             query = None
@@ -174,7 +178,7 @@ def run_stream(
                         stop,
                         writing,
                         finished,
-                        (lambda: sink.check_lease(spark)) if lease is not None else None,
+                        partial(sink.check_lease, spark) if lease is not None else None,
                     )
                     if stop.is_set():
                         if error is not None and STOP_REQUESTED not in error:
@@ -183,6 +187,15 @@ def run_stream(
                         break
                     if error is None:
                         break
+                    if DATA_LOST in error and settings.stream.on_broker_reset == "new-epoch":
+                        if zk is None:
+                            zk = ZkOffsets(
+                                settings.stream.zookeeper, settings.stream.offsets_consumer
+                            )
+                        new_epoch(files, zk, settings.stream.kafka_topic, _gist(error))
+                        sink = MicroBatch(settings, store, commit, lease)
+                        writer = make_writer()
+                        continue
                     if report.batches > done_before:
                         failing_since, delay = None, 1.0
                     now = time.monotonic()
@@ -283,10 +296,32 @@ def _stop_between_batches(
     query.stop()
 
 
+def new_epoch(files: StreamFiles, zk: ZkOffsets, topic: str, reason: str) -> None:
+    """The broker lost the data behind the stream's offsets (EXPO_STREAM_ON_BROKER_RESET=
+    new-epoch): put the checkpoint aside and set the ZooKeeper offsets to 0, so the next
+    query reads the broker from its start in a new epoch. The landed beacons, the stream's counted
+    beacons and progress, and the store stay: a message sent again is a duplicate of its
+    event_id and counts once."""
+    old = files.epoch()
+    aside = files.retire_checkpoint()
+    # Offset 0 of every partition: the new query starts at the broker's start (its first
+    # offset, whatever EXPO_STREAM_STARTING_OFFSETS says).
+    zk.commit(topic, dict.fromkeys(zk.read(topic), 0))
+    log.warning(
+        "the broker lost the stream's data: new epoch from the broker's start",
+        extra={
+            "reason": reason,
+            "old_epoch": old,
+            "new_epoch": files.epoch(),
+            "checkpoint_set_aside": str(aside),
+        },
+    )
+
+
 def _restartable(error: str) -> bool:
     """A failure a restart may cure: the platform's own error (an unreachable broker,
     ZooKeeper or store), except data lost from Kafka, which must not be skipped silently."""
-    return "expo_platform.errors." in error and "failOnDataLoss" not in error
+    return "expo_platform.errors." in error and DATA_LOST not in error
 
 
 def _gist(error: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -83,6 +84,14 @@ class StreamFiles:
         self.checkpoint.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(epoch))
         return epoch
+
+    def retire_checkpoint(self) -> Path:
+        """Move the checkpoint aside (kept for a post-mortem): the next query starts a new
+        one, and with it a new epoch. Returns where it went."""
+        aside = self.root / "retired-checkpoints" / f"epoch-{self.epoch():04d}-{int(time.time())}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        self.checkpoint.rename(aside)
+        return aside
 
     def progress_before(self, key: str) -> Progress:
         """The progress of the newest batch before `key` (empty for the first)."""

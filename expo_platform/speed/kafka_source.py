@@ -74,6 +74,8 @@ ROWS_PER_ARROW_BATCH = 10_000
 DEFAULT_RECORDS_PER_TASK = 1_000_000
 DEFAULT_POLL_TIMEOUT = 60.0
 METADATA_TIMEOUT = 15.0
+# Ends the error of a query whose offsets the broker no longer has (`app` looks for it).
+DATA_LOST = "set failOnDataLoss=false to read it from its start"
 PROBE_QUIET_POLLS = 3  # empty polls of 0.5 s in a row that end an end-offset probe
 PROBE_DEADLINE_S = 15.0
 
@@ -377,7 +379,7 @@ class ExpoKafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow)
             "data lost, e.g. a restarted in-memory broker)"
         )
         if self.options.fail_on_data_loss:
-            raise ExpoError(message + "; set failOnDataLoss=false to read it from its start")
+            raise ExpoError(f"{message}; {DATA_LOST}")
         log.warning("data loss, reading the partition from its start", extra={"detail": message})
 
     def _admin_client(self):
