@@ -29,6 +29,10 @@ LINES = [
 ]
 
 
+WEBHOOK_TOKEN = "T0KEN-b7f3c1-not-for-logs"
+SMTP_PASSWORD = "smtp-pa55-4e9d-not-for-logs"
+
+
 def _kill(launcher: LocalLauncher, settings) -> None:
     """kill -9 the app and its JVM (its process group), as a crash would."""
     os.killpg(launcher.recorded().pid, signal.SIGKILL)
@@ -44,11 +48,16 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
     zookeeper,
     mailbox,
     webhook,
+    capfd,
 ):
     topic = new_topic(kafka, "sup", 2, LINES)
     env = {
         **stream_env(tmp_path, kafka, zookeeper, topic, mailbox, webhook),
         "EXPO_RESTARTS_PER_HOUR": "1",
+        # Secrets: the webhook's URL carries its token, as Slack's do; the SMTP password is
+        # set (without a login, which the test receiver cannot do over TLS).
+        "EXPO_ALERT_WEBHOOK_URL": f"{webhook.url}/{WEBHOOK_TOKEN}",
+        "EXPO_SMTP_PASSWORD": SMTP_PASSWORD,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -114,5 +123,19 @@ def test_supervisor_restarts_a_killed_app_then_only_alerts(
             mailbox.wait_for(2)
             assert mailbox.subjects()[1] == "[expo critical] streaming app unhealthy, not restarted"
             assert not launcher.alive()
+
+            # No secret in the alerts, the runs' event logs and metadata, or any log.
+            runs = instance.get_runs()
+            assert runs
+            seen = [m.as_string() for m in mailbox.messages]
+            seen += [json.dumps(body) for body in webhook.bodies]
+            seen += [str(event) for run in runs for event in instance.all_logs(run.run_id)]
+            seen += [json.dumps(run.run_config) + json.dumps(run.tags) for run in runs]
+            seen += [cursor or "", str(result)]
+            seen += [p.read_text(errors="replace") for p in tmp_path.rglob("*.log")]
+            seen += list(capfd.readouterr())
+            assert len(seen) > 10 and any("streaming app" in text for text in seen)
+            for secret in (WEBHOOK_TOKEN, SMTP_PASSWORD):
+                assert not [text[:200] for text in seen if secret in text], secret
     finally:
         launcher.stop(timeout=60)
