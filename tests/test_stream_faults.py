@@ -529,6 +529,9 @@ def test_zookeeper_store_and_broker_outages_are_ridden_out_and_later_messages_ar
         assert "is unreachable: unable to open database file" in run.log()
 
         app.wait_caught_up(run)
+        # The batch logs "done" after its commit returns: a commit that reached ZooKeeper
+        # while the client waited out a lost connection shows in ZooKeeper first.
+        run.wait_for_log(f"batch {SECOND_BATCH} done", timeout=60)
         assert [key for key, _ in run.done()] == [FIRST_BATCH, SECOND_BATCH], run.tail()
         with outage(kafka.pause, kafka.resume):
             # Planning the next batch cannot reach the broker: the query fails and restarts.
