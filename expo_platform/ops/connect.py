@@ -8,7 +8,6 @@ instead of each starting a JVM, a Hive client and a cold JIT of its own.
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -52,12 +51,8 @@ def server_argv(settings: Settings, port: int, ui_port: int) -> list[str]:
 
 
 def _accepts(address: str, timeout: float) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    """The probe of `services.start_process`: the gRPC port accepts connections."""
+    return services.port_in_use(*services.parse_address(address, 0))
 
 
 def start_connect(settings: Settings, timeout: float = 180.0) -> services.Service:

@@ -113,16 +113,21 @@ def run_stream(
                 settings.stream.writer_lease_seconds,
             )
         with MetricStore(settings.lake.metric_store) as store:
-            zk: ZkOffsets | None = ZkOffsets(
-                settings.stream.zookeeper, settings.stream.offsets_consumer
-            )
+            zk: ZkOffsets | None = None
 
-            def commit(offsets: dict[int, int]) -> None:
+            def offsets() -> ZkOffsets:
+                """The ZooKeeper client of the offsets, a new one after `commit` dropped it."""
                 nonlocal zk
                 if zk is None:
                     zk = ZkOffsets(settings.stream.zookeeper, settings.stream.offsets_consumer)
+                return zk
+
+            offsets()  # connect now: an unreachable ZooKeeper fails the start
+
+            def commit(offsets_of_batch: dict[int, int]) -> None:
+                nonlocal zk
                 try:
-                    zk.commit(settings.stream.kafka_topic, offsets)
+                    offsets().commit(settings.stream.kafka_topic, offsets_of_batch)
                 except ExpoError:
                     # Once its bounded connection retries run out (a ZooKeeper outage of 15 s
                     # does it), kazoo never reconnects: the next attempt starts a new client.
@@ -188,11 +193,7 @@ def run_stream(
                     if error is None:
                         break
                     if DATA_LOST in error and settings.stream.on_broker_reset == "new-epoch":
-                        if zk is None:
-                            zk = ZkOffsets(
-                                settings.stream.zookeeper, settings.stream.offsets_consumer
-                            )
-                        new_epoch(files, zk, settings.stream.kafka_topic, _gist(error))
+                        new_epoch(files, offsets(), settings.stream.kafka_topic, _gist(error))
                         sink = MicroBatch(settings, store, commit, lease)
                         writer = make_writer()
                         continue
