@@ -28,6 +28,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def percentile(text: str) -> float:
+    """A percentile in [0, 100]; 0 means off where a setting says so."""
+    value = float(text)
+    if not 0.0 <= value <= 100.0:
+        raise ValueError("must lie between 0 and 100")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 0:

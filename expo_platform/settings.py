@@ -154,6 +154,14 @@ class BatchSettings:
         values.weights,
     )
 
+    cap_percentile: float = _setting(
+        "EXPO_CAP_PERCENTILE",
+        0.0,
+        "percentile of the pooled per-visitor sums at which the scorecards cap (winsorize) "
+        "orders, units and revenue, e.g. 99 (0: no capping)",
+        values.percentile,
+    )
+
     def srm_weights_for(self, experiment: str) -> dict[str, float] | None:
         """The expected split of one experiment's variants, or None for an equal split."""
         prefix = f"{experiment}/"

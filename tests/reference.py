@@ -22,7 +22,6 @@ scorecards can be compared field by field):
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from tests.test_generated_traffic import reference_reason
+from tests.test_generated_traffic import parse_line, reference_reason
 
 HOUR_MS = 3_600_000
 VISIT_GAP_MS = 2_100_000  # a larger gap between consecutive beacons starts a new visit
@@ -69,7 +68,8 @@ SUFFIXES = (".json", ".json.gz")  # landing files; gzip is read transparently
 
 _KEY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})-(\d{2})$")
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):00:00Z$")
-_LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+JSON_SPACE = " \t\r\n"  # JSON's whitespace: a line of it only is blank
 
 Key = tuple[str, str, str]  # (experiment, variant, population)
 
@@ -108,7 +108,7 @@ def hour_of_ts(ts: int) -> int:
 # --- section 1: beacons ----------------------------------------------------------------------
 
 
-def landing_lines(landing_dir: Path) -> Iterator[tuple[int, str]]:
+def landing_lines(landing_dir: Path) -> Iterator[tuple[int, str | bytes]]:
     """(hour index of the folder, line) for every non-blank line, in reading order."""
     folders = [p for p in Path(landing_dir).glob("hour=*") if p.is_dir()]
     for folder in sorted(folders, key=lambda p: hour_of_key(p.name.removeprefix("hour="))):
@@ -120,9 +120,17 @@ def landing_lines(landing_dir: Path) -> Iterator[tuple[int, str]]:
                 data = gzip.decompress(data)
             # Split on line ends only: str.splitlines would also split at U+2028 and friends,
             # which may stand unescaped inside a JSON string.
-            for line in _LINE_END.split(data.decode("utf-8", errors="replace")):
-                if line.strip():
-                    yield hour, line
+            for raw in _LINE_END.split(data):
+                if raw.strip(JSON_SPACE.encode()):
+                    yield hour, _text(raw)
+
+
+def _text(raw: bytes) -> str | bytes:
+    """A line as text, or its bytes when it is not UTF-8 (a malformed line)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ def classify(landing_dir: Path) -> list[Line]:
     lines = []
     for hour, text in landing_lines(landing_dir):
         reason = reference_reason(text, hour)
-        lines.append(Line(hour, text, reason or "valid", None if reason else json.loads(text)))
+        lines.append(Line(hour, text, reason or "valid", None if reason else parse_line(text)))
     # The first by ts counts; min() keeps the first read among equal ts.
     first: dict[str, int] = {}
     for position, line in enumerate(lines):
@@ -370,8 +378,10 @@ def _comparison(
     sizes: tuple[int, int],
     interval: tuple[float | None, float | None],
     p_value: float | None,
+    se: float | None = None,
 ) -> dict[str, Any]:
-    """One comparison in the scorecard's JSON shape."""
+    """One comparison in the scorecard's JSON shape, with its Bayesian read-out (the adjusted
+    p-values are added by `scorecard`, which sees the whole family)."""
     control_value, variant_value = values
     defined = control_value is not None and variant_value is not None
     difference = variant_value - control_value if defined else None
@@ -390,6 +400,7 @@ def _comparison(
         "p_value": _undefined(p_value),
         "n_control": sizes[0],
         "n_variant": sizes[1],
+        **bayes_readout(metric, difference, se),
     }
 
 
@@ -397,12 +408,13 @@ def welch(metric: str, names: tuple[str, str], control: list, variant: list) -> 
     """Welch's t-test of the per-visitor mean, variant minus control (95% interval)."""
     c, v = np.asarray(control, dtype=float), np.asarray(variant, dtype=float)
     means = (float(c.mean()) if len(c) else None, float(v.mean()) if len(v) else None)
-    interval, p_value = (None, None), None
+    interval, p_value, se = (None, None), None, None
     if len(c) >= 2 and len(v) >= 2 and c.var(ddof=1) / len(c) + v.var(ddof=1) / len(v) > 0:
         test = stats.ttest_ind(v, c, equal_var=False)
         ci = test.confidence_interval(confidence_level=1 - ALPHA)
         interval, p_value = (ci.low, ci.high), test.pvalue
-    return _comparison(metric, "mean", names, means, (len(c), len(v)), interval, p_value)
+        se = math.sqrt(c.var(ddof=1) / len(c) + v.var(ddof=1) / len(v))
+    return _comparison(metric, "mean", names, means, (len(c), len(v)), interval, p_value, se)
 
 
 def ratio_and_variance(num: list, den: list) -> tuple[float | None, float | None]:
@@ -428,14 +440,15 @@ def delta(metric: str, names: tuple[str, str], control: list[dict], variant: lis
     num, den = RATIO_METRICS[metric]
     c_ratio, c_var = ratio_and_variance([s[num] for s in control], [s[den] for s in control])
     v_ratio, v_var = ratio_and_variance([s[num] for s in variant], [s[den] for s in variant])
-    interval, p_value = (None, None), None
+    interval, p_value, se = (None, None), None, None
     if None not in (c_ratio, v_ratio, c_var, v_var) and c_var + v_var > 0:
         difference, se = v_ratio - c_ratio, math.sqrt(c_var + v_var)
         z = stats.norm.ppf(1 - ALPHA / 2)
         interval = (difference - z * se, difference + z * se)
         p_value = 2 * stats.norm.sf(abs(difference) / se)
     sizes = (len(control), len(variant))
-    return _comparison(metric, "ratio", names, (c_ratio, v_ratio), sizes, interval, p_value)
+    values = (c_ratio, v_ratio)
+    return _comparison(metric, "ratio", names, values, sizes, interval, p_value, se)
 
 
 def srm(counts: Mapping[str, int], weights: Mapping[str, float] | None = None) -> dict:
@@ -462,6 +475,80 @@ def srm(counts: Mapping[str, int], weights: Mapping[str, float] | None = None) -
     }
 
 
+# Capping, corrections and the Bayesian read-out, as `expo_platform.analysis.stats` documents
+# them: orders, units and revenue capped from above at the q-th percentile (linear
+# interpolation between order statistics) of every assigned visitor's sum; Holm and
+# Benjamini-Hochberg over every defined p-value of the scorecard; the posterior of the
+# difference Normal(d, se^2), read in the direction where the metric gets better.
+CAPPED = ("orders", "units", "revenue")
+LOWER_IS_BETTER = ("bounce_rate", "error_rate")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between the sorted values."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def cap_arms(arms: dict[str, list[dict]], q: float | None) -> dict[str, Any]:
+    """Cap CAPPED in place at the pooled q-th percentile; the scorecard's `capping` block."""
+    block: dict[str, Any] = {"percentile": None, "caps": {}, "visitors_capped": {}}
+    if not q:
+        return block
+    block["percentile"] = float(q)
+    everyone = [sums for arm in arms.values() for sums in arm]
+    for metric in CAPPED:
+        if not everyone:
+            continue
+        cap = percentile([sums[metric] for sums in everyone], q)
+        block["caps"][metric] = cap
+        block["visitors_capped"][metric] = sum(1 for sums in everyone if sums[metric] > cap)
+        for sums in everyone:
+            sums[metric] = min(sums[metric], cap)
+    return block
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni: the i-th smallest of m p-values times (m - i + 1), made monotone."""
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m, running = len(ranked), 0.0
+    adjusted: list[float | None] = [None] * len(p_values)
+    for rank, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def benjamini_hochberg(p_values: list[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg: the i-th smallest of m p-values times m / i, monotone from the top."""
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m, running = len(ranked), 1.0
+    adjusted: list[float | None] = [None] * len(p_values)
+    for rank in range(m, 0, -1):
+        p, i = ranked[rank - 1]
+        running = min(running, m * p / rank)
+        adjusted[i] = running
+    return adjusted
+
+
+def bayes_readout(metric: str, difference: float | None, se: float | None) -> dict[str, Any]:
+    """Chance to beat control and expected losses under Normal(difference, se^2)."""
+    if difference is None or not se:
+        return dict.fromkeys(("chance_to_beat_control", "expected_loss", "expected_loss_control"))
+    gain = -difference if metric in LOWER_IS_BETTER else difference
+    z = gain / se
+    cdf = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    pdf = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    return {
+        "chance_to_beat_control": cdf,
+        "expected_loss": max(se * pdf - gain * (1 - cdf), 0.0),
+        "expected_loss_control": max(se * pdf + gain * cdf, 0.0),
+    }
+
+
 def scorecard(
     beacons: Iterable[dict],
     experiment: str,
@@ -469,6 +556,7 @@ def scorecard(
     hour_from: str | None = None,
     hour_to: str | None = None,
     weights: Mapping[str, float] | None = None,
+    cap_percentile: float | None = None,
 ) -> dict[str, Any]:
     """The scorecard of an experiment and population over the range (stats.scorecard's shape)."""
     sums = visitor_sums(beacons, experiment, population, hour_from, hour_to)
@@ -480,6 +568,7 @@ def scorecard(
         if len(variants_of[visitor]) == 1:
             arms[variant].append(visitor_metrics)
     counts = {name: len(arms[name]) for name in sorted(arms)}
+    capping = cap_arms(arms, cap_percentile)
     control = choose_control(counts) if counts else None
     comparisons = []
     for name in counts:
@@ -491,9 +580,13 @@ def scorecard(
             comparisons.append(welch(metric, pair, *values))
         for metric in RATIO_METRICS:
             comparisons.append(delta(metric, pair, arms[control], arms[name]))
+    raw = [c["p_value"] for c in comparisons]
+    for c, h, b in zip(comparisons, holm(raw), benjamini_hochberg(raw), strict=True):
+        c["p_value_holm"], c["p_value_bh"] = h, b
     return {
         "control": control,
         "alpha": ALPHA,
+        "capping": capping,
         "visitors_multi_variant": sum(1 for v in variants_of.values() if len(v) > 1),
         "variants": {name: {"visitors": n} for name, n in counts.items()},
         "srm": srm(counts, weights),

@@ -7,6 +7,9 @@ the generator, and the Spark validation is checked against both on the same file
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from collections import Counter, defaultdict
 from datetime import timedelta
 from itertools import islice, pairwise
@@ -29,14 +32,99 @@ START = parse_hour("2026-03-02T00")
 TYPES = {"page_view", "add_to_cart", "order", "error"}
 
 
+INT64 = (-(2**63), 2**63 - 1)
+MAX_DEPTH = 1000  # the deepest nesting a line may have (Spark's JSON parser's limit)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON integer that fits in 64 bits."""
+    return isinstance(value, int) and not isinstance(value, bool) and INT64[0] <= value <= INT64[1]
 
 
-def reference_reason(line: str, hour_index: int) -> str | None:
-    """The rejection reason of a line by METRICS.md section 1, or None when valid."""
+def _is_type(value) -> bool:
+    return isinstance(value, str) and value in TYPES
+
+
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
     try:
-        data = json.loads(line)
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond the doubles
+        return False
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a repeated key")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of objects and arrays in JSON text (strings left out)."""
+    depth = deepest = 0
+    for ch in _STRING.sub("", text):
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _whole_unicode(value) -> bool:
+    """No half surrogate pair in any key or string (`"\\ud800"` escapes one)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            items = [item]
+        elif isinstance(item, dict):
+            items = list(item)
+            stack.extend(item.values())
+        else:
+            stack.extend(item if isinstance(item, list) else [])
+            continue
+        for text in items:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def parse_line(line: str | bytes):
+    """The JSON value of a line by the project's reading of RFC 8259, or ValueError."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    line = line.removeprefix("\ufeff")  # a byte-order mark before the text is ignored
+    if _depth(line) > MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    # json's parser recurses once per level: room for MAX_DEPTH levels and the callers.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3 * MAX_DEPTH))
+    try:
+        data = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    finally:
+        sys.setrecursionlimit(limit)
+    if not _whole_unicode(data):
+        raise ValueError("half a surrogate pair")
+    return data
+
+
+def reference_reason(line: str | bytes, hour_index: int) -> str | None:
+    """The rejection reason of a line by METRICS.md section 1, or None when valid.
+
+    `line` is bytes when it is not valid UTF-8 (then it is malformed).
+    """
+    try:
+        data = parse_line(line)
     except ValueError:
         return "malformed_json"
     if not isinstance(data, dict):
@@ -48,7 +136,7 @@ def reference_reason(line: str, hour_index: int) -> str | None:
         return "missing_field"
     if not all(isinstance(data[n], str) for n in ("event_id", "visitor_id", "session_id")):
         return "bad_field"
-    if not _is_int(data["ts"]) or data["ts"] <= 0 or data["type"] not in TYPES:
+    if not _is_int(data["ts"]) or data["ts"] <= 0 or not _is_type(data["type"]):
         return "bad_field"
     if data["type"] == "order":
         order = data["order"]
@@ -56,8 +144,7 @@ def reference_reason(line: str, hour_index: int) -> str | None:
             isinstance(order, dict)
             and isinstance(order.get("order_id"), str)
             and order["order_id"]
-            and isinstance(order.get("revenue"), int | float)
-            and not isinstance(order.get("revenue"), bool)
+            and _finite_number(order.get("revenue"))
             and order["revenue"] >= 0
             and _is_int(order.get("units"))
             and order["units"] >= 0
@@ -74,7 +161,7 @@ def reference_reason(line: str, hour_index: int) -> str | None:
                 and entry["id"]
                 and isinstance(entry.get("variant"), str)
                 and entry["variant"]
-                and entry.get("qualified") in (None, True, False)
+                and (entry.get("qualified") is None or isinstance(entry["qualified"], bool))
             )
             if not ok:
                 return "bad_field"

@@ -340,6 +340,11 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     wrong_type = json.loads(first[1]) | {"event_id": "bad-1", "type": "click"}
     no_ts = {k: v for k, v in json.loads(first[2]).items() if k != "ts"} | {"event_id": "nots"}
     huge = json.loads(first[3]) | {"event_id": "huge-1"}
+    # Valid but for an event time after the year 9999: no hour to count in (it once crashed
+    # every batch that held it); and a beacon whose bytes are not UTF-8.
+    far = json.dumps(json.loads(first[4]) | {"event_id": "far-1", "ts": 253_402_300_800_000})
+    not_utf8 = json.dumps(json.loads(first[5]) | {"event_id": "bytes-1"}).encode()
+    not_utf8 = not_utf8.replace(b'"bytes-1"', b'"bytes-\xff"')
     bad = [
         json.dumps(late),
         json.dumps(wrong_type),
@@ -347,9 +352,15 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
         json.dumps(huge).replace(f'"ts": {huge["ts"]}', '"ts": 1' + "0" * 30),
         "not json at all",
         "{" * 5000,
+        "[" * 5000,
+        far,
+        not_utf8,
         first[-10],  # a re-sent beacon of the first run: its hour's counted beacons know it
     ]
-    produce_lines(kafka.address, topic, bad)
+    assert produce_lines(kafka.address, topic, bad).failed == 0
+    # A message over the client's message.max.bytes is refused, counted with its reason.
+    oversized = produce_lines(kafka.address, topic, [b"x" * 2_000_000])
+    assert (oversized.failed, dict(oversized.errors)) == (1, {"refused: MSG_SIZE_TOO_LARGE": 1})
     run_stream(conf, until_idle=True, spark=spark, progress=lambda line: None)
     after = points(conf, "speed")
 
@@ -372,12 +383,18 @@ def test_bad_and_late_messages_are_counted_and_kept_and_a_restart_counts_nothing
     assert set(landed) == {bad[0], bad[1], bad[-1]}
     quarantine = spark.read.parquet(str(StreamFiles(conf).quarantine_dir / "batch=0000-00000001"))
     reasons = sorted((r["reason"], r["raw"][:20]) for r in quarantine.collect())
-    assert reasons == [
-        ("bad_field", bad[3][:20]),
-        ("malformed_json", "not json at all"),
-        ("malformed_json", "{" * 20),
-        ("missing_field", bad[2][:20]),
-    ]
+    assert reasons == sorted(
+        [
+            ("bad_field", bad[3][:20]),
+            ("bad_field", far[:20]),
+            ("malformed_json", "not json at all"),
+            ("malformed_json", "{" * 20),
+            ("malformed_json", "[" * 20),
+            # Kept readable: the bad byte is U+FFFD.
+            ("malformed_json", not_utf8.decode("utf-8", "replace")[:20]),
+            ("missing_field", bad[2][:20]),
+        ]
+    )
     with ZkOffsets(conf.stream.zookeeper, conf.stream.consumer) as zk:
         assert sum(zk.read(topic).values()) == len(first) + len(bad)
 

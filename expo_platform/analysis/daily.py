@@ -70,7 +70,11 @@ def build_scorecard(
     rows: pd.DataFrame, settings: Settings, experiment: str, population: str, days: list[date]
 ) -> dict:
     """The scorecard document: what, over which days, then the statistics."""
-    card = stats.scorecard(rows, weights=settings.batch.srm_weights_for(experiment))
+    card = stats.scorecard(
+        rows,
+        weights=settings.batch.srm_weights_for(experiment),
+        cap_percentile=settings.batch.cap_percentile,
+    )
     return {
         "experiment": experiment,
         "population": population,

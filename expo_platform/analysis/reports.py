@@ -201,7 +201,6 @@ def scorecard_text(card: dict) -> str:
                 "*" if p is not None and p < 0.05 else "",
             )
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows, strict=True)]
     lines = [
         f"{card['experiment']} ({card['population']}), {card['from']} .. {card['to']}, "
         f"control {card['control']}",
@@ -213,9 +212,63 @@ def scorecard_text(card: dict) -> str:
     if srm["p_value"] is not None:
         flag = "  SAMPLE-RATIO MISMATCH (p < 0.001)" if srm["flagged"] else ""
         lines.append(f"sample-ratio test: chi2 {srm['chi2']:.3g}, p {srm['p_value']:.3g}{flag}")
-    for row in (columns, *rows):
-        lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+    lines += _table(columns, rows)
     lines.append("* p < 0.05 (fixed horizon; for peeking, use the always-valid interval in JSON)")
+    return "\n".join(lines) + "\n" + scorecard_extras_text(card)
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows, strict=True)]
+    return [
+        "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip()
+        for row in (columns, *rows)
+    ]
+
+
+EXTRA_COLUMNS = ("variant", "metric", "p", "p holm", "p BH", "P(beat)", "risk", "risk ctrl")
+
+
+def _num(value: float | None, spec: str = ".3g") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _capping_line(card: dict) -> str:
+    """How the scorecard capped orders, units and revenue, in one line."""
+    capping = card.get("capping") or {}
+    if capping.get("percentile") is None:
+        return "capping: off (EXPO_CAP_PERCENTILE)"
+    caps = ", ".join(
+        f"{m} <= {cap:.4g} ({capping['visitors_capped'].get(m, 0):,} visitors above)"
+        for m, cap in capping["caps"].items()
+    )
+    return f"capping at percentile {capping['percentile']:g} of all visitors: {caps}"
+
+
+def scorecard_extras_text(card: dict) -> str:
+    """The adjusted p-values and the Bayesian read-out, a second table under the scorecard."""
+    rows = [
+        (
+            c["variant"],
+            c["metric"],
+            _num(c["p_value"]),
+            _num(c.get("p_value_holm")),
+            _num(c.get("p_value_bh")),
+            _num(c.get("chance_to_beat_control"), ".1%"),
+            _num(c.get("expected_loss"), ".3g"),
+            _num(c.get("expected_loss_control"), ".3g"),
+        )
+        for c in card["comparisons"]
+    ]
+    lines = ["", _capping_line(card), "corrections and Bayesian read-out:"]
+    lines += _table(EXTRA_COLUMNS, rows)
+    family = sum(c["p_value"] is not None for c in card["comparisons"])
+    lines += [
+        f"p holm, p BH: Holm and Benjamini-Hochberg adjusted over the {family} p-values",
+        "P(beat): chance the variant is better than control (lower is better for bounce_rate "
+        "and error_rate)",
+        "risk, risk ctrl: expected loss of shipping the variant, of keeping control (metric units)",
+    ]
     return "\n".join(lines)
 
 

@@ -13,6 +13,12 @@ page_views, visits, bounces, orders, units, revenue and errors.
 - Sample-ratio mismatch: chi-square goodness of fit of visitors per variant against the
   expected split, flagged when p < 0.001.
 - Always-valid intervals: asymptotic confidence sequences (see `confidence_sequence`).
+- Capping (optional): orders, units and revenue winsorized at a percentile of the pooled
+  per-visitor sums before any comparison (`expo_platform.analysis.capping`).
+- Multiple comparisons: Holm-Bonferroni and Benjamini-Hochberg adjusted p-values over every
+  comparison of the scorecard (`expo_platform.analysis.corrections`).
+- Bayesian read-out: chance to beat control and expected losses from the normal posterior of
+  the difference (`expo_platform.analysis.bayes`).
 
 `scorecard(rows)` returns a JSON-serialisable dict (no NaN, undefined figures are None):
 
@@ -20,6 +26,9 @@ page_views, visits, bounces, orders, units, revenue and errors.
       "control": "control",                 # None when there are no visitors at all
       "alpha": 0.05,
       "planned_n": 5000,                    # tuning of the always-valid intervals
+      "capping": {"percentile": 99.0,       # None (and empty dicts) when capping is off
+                  "caps": {"orders": 2.0, "units": 5.0, "revenue": 180.0},
+                  "visitors_capped": {"orders": 12, "units": 15, "revenue": 20}},
       "visitors_multi_variant": 3,
       "variants": {"control": {"visitors": 1000}, "B": {"visitors": 1012}},
       "srm": {"counts": {...}, "expected": {...}, "chi2": 0.16, "p_value": 0.69,
@@ -32,19 +41,25 @@ Each comparison is {"metric", "kind" ("mean"|"ratio"), "control", "variant",
 "control_value", "variant_value", "difference" (variant - control), "lift"
 (difference / control_value), "ci_low", "ci_high" (fixed-horizon interval of the
 difference), "p_value", "n_control", "n_variant", "seq_ci_low", "seq_ci_high"
-(always-valid interval of the difference)}.
+(always-valid interval of the difference), "p_value_holm", "p_value_bh" (p_value adjusted
+over all comparisons of the scorecard), "chance_to_beat_control", "expected_loss" (of
+shipping the variant), "expected_loss_control" (of keeping the control)}.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from expo_platform.analysis.bayes import readout_for
+from expo_platform.analysis.capping import winsorize
+from expo_platform.analysis.corrections import benjamini_hochberg, holm
 
 METRIC_COLUMNS = ("page_views", "visits", "bounces", "orders", "units", "revenue", "errors")
 MEAN_METRICS = ("orders", "revenue", "page_views", "visits")
@@ -79,6 +94,11 @@ class Comparison:
     n_variant: int
     seq_ci_low: float | None = None
     seq_ci_high: float | None = None
+    p_value_holm: float | None = None
+    p_value_bh: float | None = None
+    chance_to_beat_control: float | None = None
+    expected_loss: float | None = None
+    expected_loss_control: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The comparison as a JSON-serialisable dict."""
@@ -211,10 +231,12 @@ def _comparison(
     alpha: float,
     planned_n: float,
 ) -> Comparison:
-    """A Comparison from the figures of either test, with its always-valid interval."""
+    """A Comparison from the figures of either test, with its always-valid interval and
+    Bayesian read-out (the adjusted p-values need the whole scorecard: `adjust_p_values`)."""
     ci_low, ci_high = interval
     fixed_half = (ci_high - ci_low) / 2 if ci_low is not None and ci_high is not None else None
     seq_low, seq_high = _seq_bounds(difference, se, sum(sizes), fixed_half, alpha, planned_n)
+    bayes = readout_for(metric, difference, se)
     return Comparison(
         metric=metric,
         kind=kind,
@@ -231,6 +253,9 @@ def _comparison(
         n_variant=sizes[1],
         seq_ci_low=seq_low,
         seq_ci_high=seq_high,
+        chance_to_beat_control=bayes.chance_to_beat_control,
+        expected_loss=bayes.expected_loss,
+        expected_loss_control=bayes.expected_loss_control,
     )
 
 
@@ -421,35 +446,48 @@ def compare_variant(
     return comparisons
 
 
+def adjust_p_values(comparisons: list[Comparison]) -> list[Comparison]:
+    """The comparisons with their Holm and Benjamini-Hochberg p-values over the whole list."""
+    raw = [c.p_value for c in comparisons]
+    return [
+        replace(c, p_value_holm=h, p_value_bh=b)
+        for c, h, b in zip(comparisons, holm(raw), benjamini_hochberg(raw), strict=True)
+    ]
+
+
 def scorecard(
     rows: pd.DataFrame,
     weights: Mapping[str, float] | None = None,
     alpha: float = 0.05,
     planned_n: float = DEFAULT_PLANNED_N,
+    cap_percentile: float | None = None,
 ) -> dict[str, Any]:
     """The experiment's scorecard (shape in the module docstring) from rows of the range.
 
     `rows` may hold several rows per visitor (e.g. one per hour); assignment happens here,
-    so rows that are already one per visitor give visitors_multi_variant = 0.
+    so rows that are already one per visitor give visitors_multi_variant = 0. With
+    `cap_percentile` (0 < q <= 100; None or 0: off) orders, units and revenue are capped at
+    that percentile of the assigned visitors' pooled sums before the comparisons.
     """
     per_visitor, multi = assign_visitors(rows)
+    per_visitor, capping = winsorize(per_visitor, cap_percentile)
     visitors = per_visitor.groupby("variant")["visitor_id"].count().to_dict()
     counts = {str(name): int(n) for name, n in sorted(visitors.items())}
     control = choose_control(counts) if counts else None
-    comparisons: list[dict[str, Any]] = []
+    comparisons: list[Comparison] = []
     if control is not None:
         for variant in sorted(counts):
             if variant != control:
-                found = compare_variant(per_visitor, control, variant, alpha, planned_n)
-                comparisons.extend(c.as_dict() for c in found)
+                comparisons += compare_variant(per_visitor, control, variant, alpha, planned_n)
     return {
         "control": control,
         "alpha": alpha,
         "planned_n": planned_n,
+        "capping": capping.as_dict(),
         "visitors_multi_variant": multi,
         "variants": {name: {"visitors": n} for name, n in counts.items()},
         "srm": srm(counts, weights).as_dict(),
-        "comparisons": comparisons,
+        "comparisons": [c.as_dict() for c in adjust_p_values(comparisons)],
     }
 
 
@@ -468,7 +506,8 @@ def cumulative_lift_path(
     ones excluded) and summed over that range only, so each point is the scorecard an analyst
     would have seen then. Each point is {"time", "control_value", "variant_value",
     "difference", "lift", "ci_low", "ci_high", "p_value", "n_control", "n_variant",
-    "seq_ci_low", "seq_ci_high", "visitors_multi_variant"}; the intervals bound the absolute
+    "seq_ci_low", "seq_ci_high", "chance_to_beat_control", "expected_loss",
+    "expected_loss_control", "visitors_multi_variant"}; the intervals bound the absolute
     difference (variant - control), not the relative lift (divide by control_value for an
     approximate relative band). Only the seq bounds may be read at every point without
     inflating false positives; the fixed ones and p_value are for comparison.
@@ -483,7 +522,7 @@ def cumulative_lift_path(
         c = per_visitor.loc[per_visitor["variant"] == control, metric].to_numpy()
         v = per_visitor.loc[per_visitor["variant"] == variant, metric].to_numpy()
         point = welch(metric, control, variant, c, v, alpha, planned_n).as_dict()
-        for key in ("metric", "kind", "control", "variant"):
+        for key in ("metric", "kind", "control", "variant", "p_value_holm", "p_value_bh"):
             point.pop(key)
         path.append(
             {

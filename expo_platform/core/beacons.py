@@ -21,6 +21,8 @@ REJECT_REASONS = ("malformed_json", "missing_field", "bad_field", "wrong_partiti
 DUPLICATE = "duplicate"
 LATE = "late"  # the speed layer's: valid, but behind its watermark
 VALID = "valid"
+BOM = "\ufeff"  # a byte-order mark before the JSON text is ignored
+JSON_SPACE = " \t\r\n"  # JSON's whitespace (RFC 8259): a line of it only is blank
 
 EXPERIMENTS_TYPE = "array<struct<id:string,variant:string,qualified:boolean>>"
 
@@ -195,7 +197,8 @@ def _experiments_status(kind: Column, typed: Column) -> Column:
 
 
 def _order_status(beacon_type: Column) -> Column:
-    """Status of `order`, required for order beacons: order_id, revenue >= 0, units >= 0.
+    """Status of `order`, required for order beacons: order_id, a finite revenue >= 0 and
+    units >= 0.
 
     Reads the typed columns `_order_id`, `_revenue` and `_units` of `parse_beacons`.
     """
@@ -207,6 +210,7 @@ def _order_status(beacon_type: Column) -> Column:
         & (F.col("_order_id") != "")
         & _is_number(revenue_kind)
         & (F.col("_revenue") >= 0)
+        & (F.col("_revenue") < F.lit(float("inf")))  # 1e999 parses, as infinity
         & _is_integer(units_kind)
         & (F.col("_units") >= 0)
     )
@@ -214,7 +218,7 @@ def _order_status(beacon_type: Column) -> Column:
     return (
         F.when(F.coalesce(beacon_type != "order", F.lit(True)), _OK)
         .when(F.coalesce(well_formed, F.lit(False)), _OK)
-        .when(_absent(kind), _MISSING)
+        .when(_missing(kind, _field_as("$.order", "string")), _MISSING)
         .otherwise(_BAD)
     )
 
@@ -258,8 +262,8 @@ def _first_field_with(status: int, statuses: dict[str, Column]) -> Column:
 
 def is_blank(value_col: str = "value") -> Column:
     """Whether a line is blank (or null): blank lines are not beacons, neither counted nor
-    rejected."""
-    return F.coalesce(F.trim(F.col(value_col)) == "", F.lit(True))
+    rejected. Blank means JSON whitespace only: a no-break space is text, hence malformed."""
+    return F.coalesce(F.trim(F.col(value_col), F.lit(JSON_SPACE)) == "", F.lit(True))
 
 
 def drop_blank_lines(lines: DataFrame, value_col: str = "value") -> DataFrame:
@@ -277,9 +281,18 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
     Each value is read once into its typed column. The checks of a well-formed beacon then
     compare kinds and typed values; the slower entry-by-entry checks run only when those fail.
     """
+    # JSON text is UTF-8 (RFC 8259): a line that is not is rejected, not parsed with its bad
+    # bytes replaced (which would merge distinct ids).
     parsed = lines.withColumnRenamed(value_col, "raw").withColumn(
-        "_v", F.try_parse_json(F.col("raw"))
+        "_utf8", F.is_valid_utf8(F.col("raw"))
     )
+    # A byte-order mark before the JSON text is ignored (RFC 8259 allows it): Hadoop's line
+    # reader already drops one at the start of a file, and a Kafka message may carry one.
+    text = F.when(F.col("raw").startswith(BOM), F.substring(F.col("raw"), 2, 2**31 - 1)).otherwise(
+        F.col("raw")
+    )
+    parsed = parsed.withColumn("_text", text)
+    parsed = parsed.withColumn("_v", F.when(F.col("_utf8"), F.try_parse_json(F.col("_text"))))
     v = F.col("_v")
     parsed = parsed.withColumn("_f", F.try_variant_get(v, "$", _FIELDS_TYPE))
     parsed = parsed.withColumns(
@@ -325,7 +338,7 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
     statuses = {name: col(f"_s_{name}") for name in statuses}
     # A line whose event_id is found is an object; otherwise its text must start with `{`.
     is_object = v.isNotNull() & (
-        _leaf_kind("$.event_id").isNotNull() | col("raw").rlike(r"^[ \t\r\n]*\{")
+        _leaf_kind("$.event_id").isNotNull() | col("_text").rlike(r"^[ \t\r\n]*\{")
     )
     status_list = F.array(*statuses.values())
     reason = (
@@ -334,7 +347,8 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
         .when(F.array_contains(status_list, _BAD), F.lit("bad_field"))
     )
     detail = (
-        F.when(~is_object, F.lit("not a JSON object"))
+        F.when(~col("_utf8"), F.lit("not valid UTF-8"))
+        .when(~is_object, F.lit("not a JSON object"))
         .when(reason == "missing_field", _first_field_with(_MISSING, statuses))
         .when(reason == "bad_field", _first_field_with(_BAD, statuses))
     )
@@ -348,10 +362,12 @@ def parse_beacons(lines: DataFrame, value_col: str = "value") -> DataFrame:
             "units": F.when(is_order, col("_units")),
             "reason": reason,
             "detail": detail,
+            # The quarantine keeps a line that is not UTF-8 readable: bad bytes become U+FFFD.
+            "raw": F.when(col("_utf8"), col("raw")).otherwise(F.make_valid_utf8(col("raw"))),
         }
     )
-    helpers = ["_v", "_f", *[f"_{name}" for name in _NESTED_TYPES], "_experiments"]
-    helpers += ["_k_experiments", "_order_id", "_revenue", "_units"]
+    helpers = ["_utf8", "_text", "_v", "_f", *[f"_{name}" for name in _NESTED_TYPES]]
+    helpers += ["_experiments", "_k_experiments", "_order_id", "_revenue", "_units"]
     return out.drop(*helpers, *kinds, *[f"_s_{name}" for name in statuses])
 
 

@@ -73,11 +73,11 @@ class ProduceReport:
         )
 
 
-def visitor_key(line: str) -> str | None:
+def visitor_key(line: str | bytes) -> str | None:
     """The visitor_id of a beacon line, or None when the line has no usable one."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested too deeply
         return None
     visitor = data.get("visitor_id") if isinstance(data, dict) else None
     return visitor if isinstance(visitor, str) and visitor else None
@@ -96,6 +96,11 @@ class _Delivery:
             self.report.failed += 1
             self.report.errors[error.str()] += 1
 
+    def refused(self, error: KafkaException) -> None:
+        """A message the client refused outright (e.g. larger than message.max.bytes)."""
+        self.report.failed += 1
+        self.report.errors[f"refused: {error.args[0].name()}"] += 1
+
 
 def make_producer(bootstrap: str, conf: Mapping[str, str] | None = None) -> Producer:
     """A confluent-kafka producer with the platform's defaults, overridden by `conf`."""
@@ -111,14 +116,18 @@ def make_producer(bootstrap: str, conf: Mapping[str, str] | None = None) -> Prod
         raise ExpoError(f"cannot create a Kafka producer for {bootstrap}: {exc}") from None
 
 
-def _send(producer: Producer, topic: str, line: str, on_delivery: _Delivery) -> None:
-    """Hand one message to the client, waiting while its local queue is full."""
+def _send(producer: Producer, topic: str, line: str | bytes, on_delivery: _Delivery) -> None:
+    """Hand one message to the client, waiting while its local queue is full; a message it
+    refuses is counted as failed, with the reason, and the run goes on."""
     while True:
         try:
             producer.produce(topic, value=line, key=visitor_key(line), on_delivery=on_delivery)
             return
         except BufferError:
             producer.poll(0.05)  # queue full: serve delivery reports, then try again
+        except KafkaException as error:
+            on_delivery.refused(error)
+            return
 
 
 def _finish(producer: Producer, report: ProduceReport, started: float) -> ProduceReport:
@@ -239,7 +248,7 @@ def produce_realtime(
 def produce_lines(
     bootstrap: str,
     topic: str,
-    lines: Iterable[str],
+    lines: Iterable[str | bytes],
     conf: Mapping[str, str] | None = None,
 ) -> ProduceReport:
     """Send lines as fast as the client takes them (tests, backfills); flush at the end."""

@@ -2,7 +2,8 @@
 
 Spark's own Kafka connector is a Maven artifact; where it is missing, this source reads the
 same topic through confluent-kafka. `read_stream()` returns either one with a uniform schema:
-`key string, value string, topic string, partition int, offset long, timestamp timestamp`.
+`key string, value string, topic string, partition int, offset long, timestamp timestamp`;
+`value` keeps the bytes as sent, valid UTF-8 or not.
 
 Offsets are `{"<partition>": <next offset>, ...}` in ascending partition order, so the same
 positions always serialise to the same JSON (Spark compares offsets as JSON strings).
@@ -43,6 +44,7 @@ from pyspark.sql.streaming.datasource import (
     SupportsTriggerAvailableNow,
 )
 from pyspark.sql.types import (
+    BinaryType,
     IntegerType,
     LongType,
     StringType,
@@ -61,7 +63,9 @@ SOURCE_NAME = "expo_kafka"
 SCHEMA = StructType(
     [
         StructField("key", StringType()),
-        StructField("value", StringType()),
+        # Bytes as they came: the parse rejects a message that is not UTF-8 (a decode here
+        # would replace its bad bytes, and the beacon would count with altered ids).
+        StructField("value", BinaryType()),
         StructField("topic", StringType()),
         StructField("partition", IntegerType()),
         StructField("offset", LongType()),
@@ -540,7 +544,7 @@ def _append(columns: dict[str, list], message) -> None:
     key, value = message.key(), message.value()
     kind, stamp = message.timestamp()
     columns["key"].append(None if key is None else key.decode("utf-8", "replace"))
-    columns["value"].append(None if value is None else value.decode("utf-8", "replace"))
+    columns["value"].append(value)
     columns["topic"].append(message.topic())
     columns["partition"].append(message.partition())
     columns["offset"].append(message.offset())

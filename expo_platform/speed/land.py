@@ -52,8 +52,8 @@ def quarantine(ctx: BatchContext, beacons: DataFrame) -> None:
     """Messages without an event time, with their reason, in the stream's own files."""
     beacons.where(F.col(EVENT_HOUR).isNull()).select(
         "raw",
-        F.coalesce("reason", F.lit("bad_field")).alias("reason"),
-        F.coalesce("detail", F.lit("ts")).alias("detail"),
+        "reason",  # set for each: `parse.parse_messages` rejects a valid one without an hour
+        "detail",
         "partition",
         "offset",
     ).write.mode("overwrite").parquet(str(ctx.files.quarantine_dir / f"batch={ctx.key}"))
