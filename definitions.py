@@ -16,7 +16,9 @@ from sensors.schedules import analysis_after_last_hour, build_schedules
 from sensors.supervisor import (
     alert_on_failed_check,
     alert_on_run_failure,
+    build_batch_server_supervisor,
     build_supervisor,
+    restart_batch_server_job,
     restart_streaming_job,
 )
 
@@ -33,13 +35,20 @@ def build_defs(settings: Settings) -> dg.Definitions:
             *SPEED_ASSETS,
         ],
         asset_checks=[speed_metrics_fresh],
-        jobs=[hourly_ingest_job, hourly_metrics_job, daily_analysis_job, restart_streaming_job],
+        jobs=[
+            hourly_ingest_job,
+            hourly_metrics_job,
+            daily_analysis_job,
+            restart_streaming_job,
+            restart_batch_server_job,
+        ],
         schedules=[ingest_schedule],
         sensors=[
             metrics_after_ingest,
             analysis_after_last_hour,
             late_data_sensor,
             build_supervisor(settings),
+            build_batch_server_supervisor(settings),
             alert_on_run_failure,
             alert_on_failed_check,
         ],

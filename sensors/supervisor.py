@@ -1,4 +1,5 @@
-"""Operations: the streaming supervisor, its restart job, and alerts on failed runs and checks.
+"""Operations: the supervisors of the streaming app and of the batch layer's Spark Connect
+server, their restart jobs, and alerts on failed runs and checks.
 
 The rules live in `expo_platform.ops.supervision`; this module only wires them into Dagster.
 """
@@ -12,12 +13,15 @@ from assets.batch import METRICS_CHECKS
 from assets.speed import freshness_evaluation, speed_metrics_fresh
 from expo_platform.ops.alerts import Alert
 from expo_platform.ops.supervision import (
+    BATCH_SERVER,
     Observation,
     State,
     Thresholds,
     decide,
     observe,
+    observe_batch_server,
     restart,
+    restart_batch_server,
     speed_freshness,
 )
 from expo_platform.settings import Settings
@@ -53,10 +57,39 @@ def restart_streaming_job():
     restart_streaming_app()
 
 
-def _restart_in_flight(context: dg.SensorEvaluationContext) -> bool:
+RESTART_SERVER_JOB = "restart_batch_server"
+
+
+@dg.op(description="Stop the Spark Connect server if it still runs, then start a new one.")
+def restart_batch_server_op(
+    context: dg.OpExecutionContext, alerts: AlertsResource, settings: SettingsParam
+) -> dg.Output:
+    reasons = json.loads(context.run.tags.get(REASONS_TAG, "[]"))
+    was_running, server = restart_batch_server(settings)
+    context.log.info(f"restarted: pid {server.pid}, old server was running: {was_running}")
+    alerts.send(
+        Alert(
+            "batch server restarted",
+            "The supervisor restarted the Spark Connect server of the batch layer.",
+            "warning",
+            {"reasons": "; ".join(reasons) or "requested", "pid": str(server.pid)},
+        )
+    )
+    return dg.Output(server.pid, metadata={"pid": server.pid, "was_running": was_running})
+
+
+@dg.job(
+    name=RESTART_SERVER_JOB,
+    description="Restart the batch layer's Spark Connect server (requested by its supervisor).",
+)
+def restart_batch_server_job():
+    restart_batch_server_op()
+
+
+def _restart_in_flight(context: dg.SensorEvaluationContext, job: str = RESTART_JOB) -> bool:
     runs = context.instance.get_runs(
         dg.RunsFilter(
-            job_name=RESTART_JOB,
+            job_name=job,
             statuses=[
                 dg.DagsterRunStatus.QUEUED,
                 dg.DagsterRunStatus.NOT_STARTED,
@@ -96,31 +129,71 @@ def build_supervisor(settings: Settings) -> dg.SensorDefinition:
             )
         observation = observe(settings, stream_launcher.launcher(settings), now)
         events = speed_layer_events(settings, now, observation)
-        decision = decide(
-            observation, Thresholds.of(settings), State.from_cursor(context.cursor), now
-        )
-        context.log.info(decision.summary())
-        context.update_cursor(decision.cursor())
-        if decision.action == "ok":
-            return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
-        if decision.action == "alert" and decision.notify:
-            alerts.send(
-                Alert(
-                    "streaming app unhealthy, not restarted",
-                    "; ".join(decision.reasons),
-                    "critical",
-                    {"figures": decision.summary()},
-                )
-            )
-        if decision.action == "alert":
-            return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
-        request = dg.RunRequest(
-            run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",
-            tags={REASONS_TAG: json.dumps(decision.reasons)},
-        )
-        return dg.SensorResult(run_requests=[request], asset_events=events)
+        return _tick(context, alerts, settings, observation, now, "the streaming app", events)
 
     return streaming_supervisor
+
+
+def build_batch_server_supervisor(settings: Settings) -> dg.SensorDefinition:
+    """The supervisor of the Spark Connect server, with the streaming supervisor's rules,
+    interval and restart budget; running from the start when EXPO_SUPERVISE=on and the batch
+    layer uses a server (EXPO_SPARK_REMOTE, as under `make up`)."""
+    watched = settings.supervisor.supervise == "on" and bool(settings.spark.remote)
+
+    @dg.sensor(
+        name="batch_server_supervisor",
+        job=restart_batch_server_job,
+        minimum_interval_seconds=settings.supervisor.interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if watched
+        else dg.DefaultSensorStatus.STOPPED,
+        description="Watches the batch layer's Spark Connect server (its Spark UI REST API "
+        "and process); restarts it when absent or stuck, within a budget per hour; alerts.",
+    )
+    def batch_server_supervisor(context: dg.SensorEvaluationContext, alerts: AlertsResource):
+        now = time.time()
+        if _restart_in_flight(context, RESTART_SERVER_JOB):
+            return dg.SkipReason("a restart of the batch server is in progress")
+        observation = observe_batch_server(settings, now)
+        return _tick(context, alerts, settings, observation, now, BATCH_SERVER, [])
+
+    return batch_server_supervisor
+
+
+def _tick(
+    context: dg.SensorEvaluationContext,
+    alerts: AlertsResource,
+    settings: Settings,
+    observation: Observation,
+    now: float,
+    subject: str,
+    events: list,
+) -> dg.SensorResult:
+    """One supervisor tick after its observation: decide, keep the state in the cursor,
+    then skip, alert, or request a restart run."""
+    decision = decide(
+        observation, Thresholds.of(settings), State.from_cursor(context.cursor), now, subject
+    )
+    context.log.info(decision.summary())
+    context.update_cursor(decision.cursor())
+    if decision.action == "ok":
+        return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
+    if decision.action == "alert" and decision.notify:
+        alerts.send(
+            Alert(
+                f"{subject.removeprefix('the ')} unhealthy, not restarted",
+                "; ".join(decision.reasons),
+                "critical",
+                {"figures": decision.summary()},
+            )
+        )
+    if decision.action == "alert":
+        return dg.SensorResult(skip_reason=decision.summary(), asset_events=events)
+    request = dg.RunRequest(
+        run_key=f"restart-{observation.app_id or 'absent'}-{int(now)}",
+        tags={REASONS_TAG: json.dumps(decision.reasons)},
+    )
+    return dg.SensorResult(run_requests=[request], asset_events=events)
 
 
 def _observation(asset: str, **figures) -> dg.AssetObservation:

@@ -48,15 +48,19 @@ def landed_lines(landing_dir: Path, files: str = "*.json") -> list[str]:
 
 
 def supervisor_tick(
-    defs: dg.Definitions, instance: dg.DagsterInstance, cursor=None, events: list | None = None
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    cursor=None,
+    events: list | None = None,
+    sensor: str = "streaming_supervisor",
 ):
-    """Evaluate one tick of `streaming_supervisor` with the resources of `defs`: its skip
+    """Evaluate one tick of a supervisor sensor with the resources of `defs`: its skip
     reason or run request and its cursor; the asset events it records go to `events`."""
     names = ("alerts", "stream_launcher", "settings")
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={n: defs.resources[n] for n in names}
     )
-    result = defs.resolve_sensor_def("streaming_supervisor")(context)
+    result = defs.resolve_sensor_def(sensor)(context)
     if events is not None:
         events.extend(result.asset_events)
     outcome = result.run_requests[0] if result.run_requests else result.skip_reason

@@ -8,17 +8,22 @@ landing files of traffic full of traps.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 
+import dagster as dg
 import pytest
+from pyspark.sql import SparkSession
 
+from definitions import build_defs
 from expo_platform.core.hours import hour_iso, hour_range, parse_hour
 from expo_platform.core.metrics import ALLOWED_ERROR
 from expo_platform.devtools.generator import GeneratorConfig
 from expo_platform.ops.connect import remote_url, start_connect
-from expo_platform.ops.services import free_port
+from expo_platform.ops.services import CONNECT, free_port, recorded_service
 from expo_platform.serving.store import MetricStore
 from tests import reference
 from tests.helpers import (
@@ -27,6 +32,8 @@ from tests.helpers import (
     generated_lake,
     listening_sockets,
     spark_sql_executions,
+    supervisor_tick,
+    wait,
 )
 
 FIRST, LAST = parse_hour("2026-03-02T00"), parse_hour("2026-03-02T03")
@@ -49,7 +56,9 @@ def server(tmp_path_factory):
     )
     service = start_connect(settings)
     yield settings, service
-    assert service.stop(timeout=60)
+    # The supervisor's test kills it and leaves a restarted one, recorded in the same place.
+    current = recorded_service(settings.local.services_dir, CONNECT)
+    assert current is None or not current.alive() or current.stop(timeout=60)
 
 
 def _expo_batch(settings, remote: str) -> subprocess.CompletedProcess:
@@ -105,3 +114,48 @@ def test_the_connect_server_listens_on_loopback_only(server):
     ports = {port for *_, port in sockets}
     assert {settings.local.connect_port, settings.local.connect_ui_port} <= ports, sockets
     assert exposed(sockets) == []
+
+
+@pytest.mark.slow
+def test_the_supervisor_restarts_a_dead_batch_server_then_only_alerts(server, webhook, monkeypatch):
+    """Runs last: it kills the module's server, and so does its restarted one."""
+    settings, service = server
+    monkeypatch.setenv("EXPO_ALERT_WEBHOOK_URL", webhook.url)
+    watched = settings.replace(
+        supervisor={"supervise": "on", "restarts_per_hour": 1},
+        spark={"remote": remote_url(service.port)},
+        secrets=settings.secrets | {"EXPO_ALERT_WEBHOOK_URL"},
+    )
+    defs = build_defs(watched)
+    sensor = "batch_server_supervisor"
+    assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.DagsterInstance.ephemeral() as instance:
+        result, cursor = supervisor_tick(defs, instance, sensor=sensor)
+        assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok"), result
+        assert json.loads(cursor)["seen"]["app_running"] is True
+
+        os.kill(service.pid, signal.SIGKILL)
+        wait(lambda: not service.alive(), 30, "the killed server to go")
+        request, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
+        assert isinstance(request, dg.RunRequest), request
+        assert "the batch server is absent or finished" in request.tags["expo/reasons"]
+
+        restart = defs.resolve_job_def("restart_batch_server")
+        assert restart.execute_in_process(instance=instance, tags=request.tags).success
+        again = recorded_service(settings.local.services_dir, CONNECT)
+        assert again is not None and again.alive() and again.pid != service.pid
+        # A client works on the new server, and the supervisor finds it healthy.
+        client = SparkSession.builder.remote(remote_url(again.port)).create()
+        assert client.range(10).count() == 10
+        client.stop()
+        result, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
+        assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok")
+        assert "batch server restarted" in webhook.bodies[0]["text"]
+
+        # The budget (one restart an hour) is spent: the next death only alerts.
+        os.kill(again.pid, signal.SIGKILL)
+        wait(lambda: not again.alive(), 30, "the killed server to go")
+        result, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
+        assert isinstance(result, dg.SkipReason)
+        assert "restart budget of 1 per hour exhausted" in result.skip_message
+        assert "batch server unhealthy, not restarted" in webhook.bodies[1]["text"]

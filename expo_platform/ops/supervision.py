@@ -23,7 +23,8 @@ from pathlib import Path
 
 from expo_platform.errors import ExpoError
 from expo_platform.ops import services
-from expo_platform.settings import Settings, path_env
+from expo_platform.ops.connect import start_connect
+from expo_platform.settings import LOOPBACK, Settings, path_env
 
 log = logging.getLogger("expo_platform.ops.supervision")
 
@@ -173,10 +174,16 @@ class Decision:
         return f"{self.action}: {why} ({figures})"
 
 
-def decide(obs: Observation, limits: Thresholds, before: State, now: float) -> Decision:
+def decide(
+    obs: Observation,
+    limits: Thresholds,
+    before: State,
+    now: float,
+    subject: str = "the streaming app",
+) -> Decision:
     """The supervisor's rules; see the module docstring. An alert is repeated only when its
-    reasons change or 15 minutes have passed."""
-    decision = _decide(obs, limits, before, now)
+    reasons change or 15 minutes have passed. `subject` names the app in the reasons."""
+    decision = _decide(obs, limits, before, now, subject)
     if decision.action != "alert":
         return decision
     key = " ".join(r.split(":")[0] for r in decision.reasons)  # without the varying figures
@@ -187,16 +194,18 @@ def decide(obs: Observation, limits: Thresholds, before: State, now: float) -> D
     return decision
 
 
-def _decide(obs: Observation, limits: Thresholds, before: State, now: float) -> Decision:
+def _decide(
+    obs: Observation, limits: Thresholds, before: State, now: float, subject: str
+) -> Decision:
     restarts = [t for t in before.restarts if now - t < 3600]
     reasons: list[str] = []
     slow = 0
     if not obs.ui_reachable and obs.process_alive:
         # The process runs but cannot be seen: restarting blind could run two apps.
-        reason = f"the Spark UI is unreachable while the app's process runs: {obs.error}"
+        reason = f"the Spark UI is unreachable while the process of {subject} runs: {obs.error}"
         return Decision("alert", [reason], State(0, restarts), obs)
     if not obs.ui_reachable or not obs.app_running:
-        reasons.append("the streaming app is absent or finished")
+        reasons.append(f"{subject} is absent or finished")
     else:
         if obs.failed_jobs > obs.succeeded_jobs:
             reasons.append(
@@ -470,3 +479,29 @@ def restart(launcher: StreamLauncher) -> tuple[bool, services.Service]:
         },
     )
     return was_running, app
+
+
+# -- the batch layer's Spark Connect server ----------------------------------------------------
+
+BATCH_SERVER = "the batch server"
+
+
+def observe_batch_server(settings: Settings, now: float) -> Observation:
+    """The Spark Connect server as one tick sees it: its Spark UI (the REST API) and its
+    recorded process. Its failed jobs are the failures of runs, which the run-failure sensor
+    reports: they are no reason to restart a server other runs are using."""
+    obs = observe_ui(f"{LOOPBACK}:{settings.local.connect_ui_port}", now)
+    recorded = services.recorded_service(settings.local.services_dir, services.CONNECT)
+    obs.process_alive = recorded is not None and recorded.alive()
+    obs.failed_jobs = 0
+    return obs
+
+
+def restart_batch_server(settings: Settings) -> tuple[bool, services.Service]:
+    """Stop the recorded server if it still runs, then start a new one; (was it running,
+    the new service)."""
+    old = services.recorded_service(settings.local.services_dir, services.CONNECT)
+    was_running = old is not None and old.alive()
+    if was_running:
+        old.stop(timeout=services.STOP_TIMEOUTS[services.CONNECT])
+    return was_running, start_connect(settings)
