@@ -3,10 +3,13 @@ speed layer's own under `<lake>/stream`), the Hive `sessions` table."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -29,6 +32,39 @@ LANDING_SUFFIXES = (".json", ".json.gz")
 LANDING_COLUMN = "hour"  # landing folders are `hour=YYYY-MM-DD-HH`
 PARTITION_COLUMN = "hourly_partitioner"  # of the hourly tables; the Hive partition column
 DAY_COLUMN = "day"  # of the daily tables
+STAGING = "_staging"  # under the lake: partitions being written, before they are swapped in
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`, which Python's
+    standard library lacks); False where the system or file system cannot."""
+    renameat2 = getattr(_LIBC, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def swap_in(staging: Path, path: Path) -> None:
+    """Put the folder `staging` in the place of `path`, then delete what was there. Where
+    the system cannot swap atomically, `path` is missing between two renames (never partial)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.rename(staging, path)
+        return
+    if not _exchange(staging, path):
+        old = staging.with_name(staging.name + ".old")
+        os.rename(path, old)
+        os.rename(staging, path)
+        staging = old
+    shutil.rmtree(staging)
 
 
 @dataclass(frozen=True)
@@ -110,9 +146,20 @@ class Table:
         )
 
     def write_partition(self, df: DataFrame, settings: Settings, when: date) -> None:
-        """Replace the partition of an hour (or a day) with `df` (absolute, re-runnable)."""
+        """Replace the partition of an hour (or a day) with `df` (absolute, re-runnable).
+
+        Readers never see a partial partition: Spark writes a staging folder beside the lake's
+        tables, which then takes the partition's place in one rename (`swap_in`). A run killed
+        mid-write leaves the old partition (or none) and a staging folder the next write of
+        the partition removes.
+        """
         path = self.partition_path(settings, when)
-        df.write.mode("overwrite").format(self.format).save(str(path))
+        staging_dir = settings.lake.root / STAGING
+        for stale in staging_dir.glob(f"{self.name}.{path.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = staging_dir / f"{self.name}.{path.name}.{uuid.uuid4().hex[:12]}"
+        df.write.format(self.format).save(str(staging))
+        swap_in(staging, path)
 
     def remove_partition(self, settings: Settings, when: date) -> None:
         """Delete the partition folder of an hour (or a day), if there is one."""

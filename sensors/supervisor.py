@@ -38,18 +38,23 @@ def restart_streaming_app(
     alerts: AlertsResource,
     settings: SettingsParam,
 ) -> dg.Output:
-    reasons = json.loads(context.run.tags.get(REASONS_TAG, "[]"))
     was_running, app = restart(stream_launcher.launcher(settings))
-    context.log.info(f"restarted: pid {app.pid}, old app was running: {was_running}")
+    return _restarted(context, alerts, "streaming app", "the streaming app", was_running, app.pid)
+
+
+def _restarted(context, alerts: AlertsResource, what: str, whole: str, was_running, pid: int):
+    """Log and alert a restart the supervisor requested (its reasons are in the run's tags)."""
+    reasons = json.loads(context.run.tags.get(REASONS_TAG, "[]"))
+    context.log.info(f"restarted {whole}: pid {pid}, the old one was running: {was_running}")
     alerts.send(
         Alert(
-            "streaming app restarted",
-            "The supervisor restarted the streaming app.",
+            f"{what} restarted",
+            f"The supervisor restarted {whole}.",
             "warning",
-            {"reasons": "; ".join(reasons) or "requested", "pid": str(app.pid)},
+            {"reasons": "; ".join(reasons) or "requested", "pid": str(pid)},
         )
     )
-    return dg.Output(app.pid, metadata={"pid": app.pid, "was_running": was_running})
+    return dg.Output(pid, metadata={"pid": pid, "was_running": was_running})
 
 
 @dg.job(name=RESTART_JOB, description="Restart the streaming app (requested by the supervisor).")
@@ -64,18 +69,9 @@ RESTART_SERVER_JOB = "restart_batch_server"
 def restart_batch_server_op(
     context: dg.OpExecutionContext, alerts: AlertsResource, settings: SettingsParam
 ) -> dg.Output:
-    reasons = json.loads(context.run.tags.get(REASONS_TAG, "[]"))
     was_running, server = restart_batch_server(settings)
-    context.log.info(f"restarted: pid {server.pid}, old server was running: {was_running}")
-    alerts.send(
-        Alert(
-            "batch server restarted",
-            "The supervisor restarted the Spark Connect server of the batch layer.",
-            "warning",
-            {"reasons": "; ".join(reasons) or "requested", "pid": str(server.pid)},
-        )
-    )
-    return dg.Output(server.pid, metadata={"pid": server.pid, "was_running": was_running})
+    whole = "the Spark Connect server of the batch layer"
+    return _restarted(context, alerts, "batch server", whole, was_running, server.pid)
 
 
 @dg.job(

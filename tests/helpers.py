@@ -108,6 +108,52 @@ def generated_lake(root: Path, spark_conf: dict, config) -> tuple[Settings, obje
     return settings, write_landing(config, settings.lake.landing_dir, progress=lambda *_: None)
 
 
+def expo_batch(settings: Settings, first, last, popen: bool = False, **env: str):
+    """`expo batch --from first --to last` over this lake and store, in a process of its own
+    (a session of its own too, so a test can kill it whole): its CompletedProcess, or with
+    `popen` the running Popen. `env` adds settings (EXPO_SPARK_REMOTE...)."""
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")}
+    full.update(
+        EXPO_LAKE=str(settings.lake.root),
+        EXPO_METRIC_STORE=settings.lake.metric_store,
+        DAGSTER_HOME=str(settings.local.dagster_home),
+        EXPO_MAX_REJECT_RATE="0.5",
+        PYSPARK_PYTHON=sys.executable,
+        **env,
+    )
+    argv = [sys.executable, "-m", "expo_platform.cli", "batch"]
+    argv += ["--from", first.strftime("%Y-%m-%dT%H"), "--to", last.strftime("%Y-%m-%dT%H")]
+    if popen:
+        out = settings.lake.root.parent / "expo-batch.log"
+        return subprocess.Popen(
+            argv, cwd=PROJECT, env=full, stdout=out.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return subprocess.run(argv, cwd=PROJECT, env=full, capture_output=True, text=True, timeout=900)
+
+
+def assert_store_equals_oracle(settings: Settings, first, last) -> None:
+    """The batch layer's stored metrics of the hours first..last are the oracle's
+    (`tests/reference.py`) from the landing files: the same keys, the same values."""
+    from expo_platform.core.hours import hour_iso, hour_range
+    from expo_platform.core.metrics import ALLOWED_ERROR
+    from expo_platform.serving.store import MetricStore
+    from tests import reference
+
+    hours = {hour_iso(h) for h in hour_range(first, last)}
+    counted = reference.load_counted(settings.lake.landing_dir)
+    expected = {k: v for k, v in reference.hourly_metrics(counted).items() if k[4] in hours}
+    with MetricStore(settings.lake.metric_store) as store:
+        stored = store.values(layer="batch")
+    assert {k[4] for k in stored} == hours and set(stored) == set(expected)
+    for key, want in expected.items():
+        allowed = ALLOWED_ERROR.get(key[0], 0.0)
+        assert stored[key] == pytest.approx(want, rel=max(allowed, 1e-12), abs=1e-9), key
+
+
 @contextmanager
 def in_dagster_home(settings: Settings) -> Iterator[None]:
     """The environment a Dagster run of this lake sees: its home, lake and store."""

@@ -11,23 +11,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import dagster as dg
 import pytest
 from pyspark.sql import SparkSession
 
 from definitions import build_defs
-from expo_platform.core.hours import hour_iso, hour_range, parse_hour
-from expo_platform.core.metrics import ALLOWED_ERROR
+from expo_platform.core.hours import parse_hour
 from expo_platform.devtools.generator import GeneratorConfig
 from expo_platform.ops.connect import remote_url, start_connect
 from expo_platform.ops.services import CONNECT, free_port, recorded_service
-from expo_platform.serving.store import MetricStore
-from tests import reference
 from tests.helpers import (
-    PROJECT,
+    assert_store_equals_oracle,
+    expo_batch,
     exposed,
     generated_lake,
     listening_sockets,
@@ -61,48 +57,14 @@ def server(tmp_path_factory):
     assert current is None or not current.alive() or current.stop(timeout=60)
 
 
-def _expo_batch(settings, remote: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPO_")}
-    env.update(
-        EXPO_LAKE=str(settings.lake.root),
-        EXPO_METRIC_STORE=settings.lake.metric_store,
-        DAGSTER_HOME=str(settings.local.dagster_home),
-        EXPO_SPARK_REMOTE=remote,
-        EXPO_MAX_REJECT_RATE="0.5",
-        PYSPARK_PYTHON=sys.executable,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "expo_platform.cli", "batch"]
-        + ["--from", FIRST.strftime("%Y-%m-%dT%H"), "--to", LAST.strftime("%Y-%m-%dT%H")],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 @pytest.mark.slow
 def test_expo_batch_on_the_connect_server_equals_the_oracle(server):
     settings, service = server
     remote = remote_url(service.port)
-    done = _expo_batch(settings, remote)
+    done = expo_batch(settings, FIRST, LAST, EXPO_SPARK_REMOTE=remote)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"on {remote}" in done.stdout
-    hours = {hour_iso(h) for h in hour_range(FIRST, LAST)}
-    expected = {
-        k: v
-        for k, v in reference.hourly_metrics(
-            reference.load_counted(settings.lake.landing_dir)
-        ).items()
-        if k[4] in hours
-    }
-    with MetricStore(settings.lake.metric_store) as store:
-        stored = store.values(layer="batch")
-    assert {k[4] for k in stored} == hours and set(stored) == set(expected)
-    for key, want in expected.items():
-        allowed = ALLOWED_ERROR.get(key[0], 0.0)
-        assert stored[key] == pytest.approx(want, rel=max(allowed, 1e-12), abs=1e-9), key
+    assert_store_equals_oracle(settings, FIRST, LAST)
 
     # The work ran in the server: its Spark UI lists the queries of the run.
     assert spark_sql_executions(settings.local.connect_ui_port) > 20

@@ -262,8 +262,13 @@ def _first_field_with(status: int, statuses: dict[str, Column]) -> Column:
 
 def is_blank(value_col: str = "value") -> Column:
     """Whether a line is blank (or null): blank lines are not beacons, neither counted nor
-    rejected. Blank means JSON whitespace only: a no-break space is text, hence malformed."""
-    return F.coalesce(F.trim(F.col(value_col), F.lit(JSON_SPACE)) == "", F.lit(True))
+    rejected. Blank means JSON whitespace only: a no-break space is text, hence malformed.
+    A line that starts with `{`, nearly every one, is not blank without a trim."""
+    line = F.col(value_col)
+    blank = F.when(line.startswith("{"), F.lit(False)).otherwise(
+        F.trim(line, F.lit(JSON_SPACE)) == ""
+    )
+    return F.coalesce(blank, F.lit(True))
 
 
 def drop_blank_lines(lines: DataFrame, value_col: str = "value") -> DataFrame:
