@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
-from pyspark.sql import SparkSession
 
 from definitions import build_defs
 from expo_platform.core.hours import parse_hour
@@ -106,10 +107,14 @@ def test_the_supervisor_restarts_a_dead_batch_server_then_only_alerts(server, we
         assert restart.execute_in_process(instance=instance, tags=request.tags).success
         again = recorded_service(settings.local.services_dir, CONNECT)
         assert again is not None and again.alive() and again.pid != service.pid
-        # A client works on the new server, and the supervisor finds it healthy.
-        client = SparkSession.builder.remote(remote_url(again.port)).create()
-        assert client.range(10).count() == 10
-        client.stop()
+        # A client works on the new server, and the supervisor finds it healthy. The client
+        # runs in a process of its own: a Connect session would switch this test process's
+        # pyspark to Connect columns, and break the classic sessions of the tests after it.
+        count = "from pyspark.sql import SparkSession as S; import sys; "
+        count += "print(S.builder.remote(sys.argv[1]).create().range(10).count())"
+        client = [sys.executable, "-c", count, remote_url(again.port)]
+        done = subprocess.run(client, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "10", done.stderr[-2000:]
         result, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
         assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok")
         assert "batch server restarted" in webhook.bodies[0]["text"]

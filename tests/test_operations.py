@@ -101,7 +101,7 @@ def test_the_restart_budget_turns_restarts_into_alerts():
 def test_an_unreachable_ui_while_the_process_runs_is_an_alert_not_a_restart():
     decision = decide(healthy(ui_reachable=False, error="connection refused"), LIMITS, State(), NOW)
     assert decision.action == "alert"
-    assert "unreachable while the app's process runs" in decision.reasons[0]
+    assert "unreachable while the process of the streaming app runs" in decision.reasons[0]
 
 
 def test_an_alert_is_not_repeated_every_tick():
