@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: demo test lint format deps system venv dagster-home ui clean bench
+.PHONY: demo test lint format deps system venv dagster-home ui clean bench soak
 
 # Debian packages the platform and its tests use: Java for Spark, PostgreSQL for the
 # PostgreSQL metric-store tests.
@@ -73,6 +73,11 @@ cluster-down:
 # bench/results/<time>.json. Generated inputs are cached in bench/.cache.
 bench: deps
 	@$(PY) -m bench $(BENCH_ARGS)
+
+# The soak: the whole platform for 30 minutes at a steady rate with injected stream restarts
+# (bench/soak.py); SOAK_ARGS="--soak-minutes 10" for a shorter one.
+soak: deps
+	@$(PY) -m bench --only soak $(SOAK_ARGS)
 
 # The whole platform on one machine: services, the streaming app, live traffic, Dagster
 # (webserver and daemon, schedules and sensors on). `make down` stops it all, by pid.

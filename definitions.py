@@ -12,6 +12,7 @@ from expo_platform.settings import Settings, load_settings
 from resources import build_resources
 from sensors.jobs import daily_analysis_job, hourly_ingest_job, hourly_metrics_job
 from sensors.late_data import late_data_sensor
+from sensors.run_watchdog import dead_run_workers
 from sensors.schedules import analysis_after_last_hour, build_schedules
 from sensors.supervisor import (
     alert_on_failed_check,
@@ -51,6 +52,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             build_batch_server_supervisor(settings),
             alert_on_run_failure,
             alert_on_failed_check,
+            dead_run_workers,
         ],
         resources=build_resources(settings),
         # A run's steps share one process and so one Spark session: the default executor

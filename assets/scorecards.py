@@ -1,4 +1,5 @@
-"""The daily analysis assets: visitor_daily -> experiment_scorecards -> trend_reports."""
+"""The daily analysis assets: visitor_daily (and visitor_totals, the CUPED covariates'
+source) -> experiment_scorecards -> trend_reports."""
 
 import functools
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ GROUP = "analysis"
 
 
 def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The daily assets visitor_daily, experiment_scorecards and trend_reports."""
+    """The daily assets visitor_daily, visitor_totals, experiment_scorecards, trend_reports."""
     # Every asset here: on these partitions, in the spark pool (one Spark run at a time).
     daily_asset = functools.partial(
         dg.asset, partitions_def=days, pool=SPARK_POOL, group_name=GROUP
@@ -68,8 +69,25 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
         )
 
     @daily_asset(
-        # Each day's scorecard is cumulative: it also reads every earlier day of visitor_daily.
-        deps=["visitor_daily"],
+        # Like visitor_daily, final once the next day's first hour is sessionized.
+        deps=["beacons", "sessions"],
+        description=(
+            "One row per visitor and day, whatever the experiments: the visitor's totals of "
+            "page_views, visits, bounces, orders, units, revenue and errors over all its "
+            "beacons. The scorecards' CUPED covariates (EXPO_CUPED_DAYS before exposure)."
+        ),
+    )
+    def visitor_totals(
+        context: dg.AssetExecutionContext, pyspark: PySparkResource, settings: SettingsParam
+    ) -> dg.MaterializeResult:
+        """Sum the day's counted beacons and visits per visitor."""
+        result = steps.process_visitor_totals(spark(pyspark), settings, partition_day(context))
+        return materialized(result, "visitor_totals")
+
+    @daily_asset(
+        # Each day's scorecard is cumulative: it also reads every earlier day of visitor_daily,
+        # and the visitor_totals of the EXPO_CUPED_DAYS before each visitor's first exposure.
+        deps=["visitor_daily", "visitor_totals"],
         description=(
             "Scorecards of every experiment and population, cumulative up to the day: each "
             "variant against control (Welch, delta method), always-valid intervals, SRM. JSON "
@@ -111,4 +129,4 @@ def build_analysis_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefini
         reports = {f"report_{n}": dg.MetadataValue.url(f"file://{p}") for n, p in files.items()}
         return materialized(result, **reports)
 
-    return [visitor_daily, experiment_scorecards, trend_reports]
+    return [visitor_daily, visitor_totals, experiment_scorecards, trend_reports]

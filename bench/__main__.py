@@ -5,11 +5,15 @@
     make bench BENCH_ARGS="--only stream --rates 2000,5000,10000 --step-seconds 240"
     make bench BENCH_ARGS="--only batch,live --live-rates 2000,4000 --live-step-seconds 600"
     make bench BENCH_ARGS="--only connect --connect-beacons 100000"
+    make soak                                    # the soak alone: 30 minutes of the platform
 
 `stream` replays a compressed day as fast as the rate says (a stress case: each micro-batch
 spans hours of event time); `live` sends wall-clock traffic, as production does, and its
 sustained rate is compared with the batch layer's warm throughput measured in the same run;
 `connect` times a small hour through `expo batch`, embedded and on a warm Spark Connect server.
+`soak` (not in the default set) runs the whole platform under `make up`'s entry point at a
+steady rate, with stream restarts injected, and checks that nothing is lost and that memory
+and state stay flat (bench/soak.py).
 
 Generated inputs are cached in bench/.cache; results go to bench/results/<time>.json.
 """
@@ -39,8 +43,18 @@ TARGETS = {
     "live stream / batch warm beacons/s": ("live_over_batch_warm", ">=", 1.0),
     "live freshness p99 / trigger": ("live_freshness_p99_triggers", "<=", 2.0),
     "small hour through expo batch, warm Connect server (s)": ("connect_server_hour_s", "<=", 15),
+    "soak: produced = landed + quarantined": (
+        "soak_produced_equals_landed_plus_quarantined",
+        "==",
+        True,
+    ),
+    "soak: speed = batch, finished hours": ("soak_speed_equals_batch", "==", True),
+    "soak: stream memory flat": ("soak_stream_rss_flat", "==", True),
+    "soak: stream state flat": ("soak_sessions_flat", "==", True),
+    "soak: stream alive after the restarts": ("soak_stream_alive_at_end", "==", True),
 }
-PARTS = ("batch", "stream", "live", "connect")
+PARTS = ("batch", "stream", "live", "connect", "soak")
+DEFAULT_PARTS = ("batch", "stream", "live", "connect")  # the soak takes half an hour: asked for
 
 
 def ratios(parts: dict) -> dict:
@@ -71,8 +85,8 @@ def table(results: dict) -> str:
     for name, (key, op, goal) in TARGETS.items():
         if flat.get(key) is not None:
             value = flat[key]
-            met = value >= goal if op == ">=" else value <= goal
-            rows.append((name, _cell(value), f"{op} {goal:,}", "yes" if met else "NO"))
+            met = {">=": value >= goal, "<=": value <= goal, "==": value == goal}[op]
+            rows.append((name, _cell(value), f"{op} {_cell(goal)}", "yes" if met else "NO"))
     shown = {key for key, _, _ in TARGETS.values()}
     for key, value in flat.items():
         if key not in shown and not isinstance(value, list | dict):
@@ -137,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connect-beacons", type=int, default=100_000, help="lines in the connect part's hour"
     )
+    parser.add_argument("--soak-minutes", type=float, default=30.0)
+    parser.add_argument("--soak-rate", type=int, default=40, help="live beacons/s of the soak")
+    parser.add_argument(
+        "--soak-restart-minutes", type=float, default=8.0, help="between injected restarts"
+    )
     args = parser.parse_args(argv)
-    wanted = set(args.only.split(",")) if args.only else set(PARTS)
+    wanted = set(args.only.split(",")) if args.only else set(DEFAULT_PARTS)
     if wanted - set(PARTS):
         parser.error(f"--only takes {', '.join(PARTS)}")
     configure_logging("WARNING")
@@ -178,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench import connect
 
         results["parts"]["connect"] = connect.run(cache, args.connect_beacons, args.seed, progress)
+    if "soak" in wanted:
+        from bench import soak
+
+        results["parts"]["soak"] = soak.run(
+            args.soak_minutes, args.soak_rate, args.soak_restart_minutes, progress
+        )
     results["parts"]["ratios"] = ratios(results["parts"])
     out = HERE / "results" / f"{results['when']}.json"
     out.parent.mkdir(exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.batch import HOUR, cached_input, tuning_environ
 from expo_platform.core.hours import hour_iso
 from expo_platform.ops.connect import remote_url, start_connect
-from expo_platform.ops.services import free_port
+from expo_platform.ops.processes import free_port
 from expo_platform.serving.store import MetricStore
 from expo_platform.settings import load_settings
 

@@ -31,7 +31,7 @@ import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.stream import app_environ, state_per_visit
-from expo_platform.ops import services
+from expo_platform.ops import processes, zookeeper_broker
 from expo_platform.settings import load_settings
 from expo_platform.speed.offsets import ZkOffsets
 
@@ -119,13 +119,13 @@ def one_rate(
 ) -> dict:
     """Live traffic at `rate` beacons/s for `step_seconds` against a fresh app."""
     work = Path(tempfile.mkdtemp(prefix=f"expo-bench-live-{rate}-"))
-    zk = services.start_zookeeper(services_dir / f"zookeeper-{rate}", services.free_port())
-    broker = services.start_broker(services_dir / f"broker-{rate}", services.free_port())
+    zk = zookeeper_broker.start_zookeeper(services_dir / f"zookeeper-{rate}", processes.free_port())
+    broker = zookeeper_broker.start_broker(services_dir / f"broker-{rate}", processes.free_port())
     topic = f"live-{rate}"
     expo = str(Path(sys.executable).parent / "expo")
     app = producer = None
     try:
-        services.ensure_topic(broker.address, topic, PARTITIONS)
+        zookeeper_broker.ensure_topic(broker.address, topic, PARTITIONS)
         env = app_environ(work, broker.address, topic, zk.address, trigger)
         # Where the app commits its offsets, as it reads its settings.
         offsets_consumer = load_settings(env).stream.offsets_consumer

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.batch import cached_input, tuning_environ
 from bench.stream import cached_lines, produce_paced
-from expo_platform.ops import services
+from expo_platform.ops import processes, zookeeper_broker
 from expo_platform.settings import load_settings
 from expo_platform.speed.app import run_stream
 from expo_platform.speed.files import StreamFiles
@@ -46,11 +46,11 @@ def main() -> None:
     else:
         lines = cached_lines(cache, args.messages, args.seed, print)
     work = Path(tempfile.mkdtemp(prefix="expo-profile-stream-"))
-    zk = services.start_zookeeper(work / "zookeeper", services.free_port())
-    broker = services.start_broker(work / "broker", services.free_port())
+    zk = zookeeper_broker.start_zookeeper(work / "zookeeper", processes.free_port())
+    broker = zookeeper_broker.start_broker(work / "broker", processes.free_port())
     try:
         topic = "profile"
-        services.ensure_topic(broker.address, topic, 2)
+        zookeeper_broker.ensure_topic(broker.address, topic, 2)
         started = time.monotonic()
         sent = produce_paced(broker.address, topic, lines, len(lines), 1)
         print(f"produced {sent:,} messages in {time.monotonic() - started:.1f}s", flush=True)
@@ -61,7 +61,7 @@ def main() -> None:
             "EXPO_STREAM_STARTING_OFFSETS": "earliest",
             "EXPO_STREAM_MAX_OFFSETS": str(args.batch),
             "EXPO_KAFKA_END_OFFSETS": "probe",  # see bench/stream.py
-            "EXPO_STREAM_UI_PORT": str(services.free_port()),
+            "EXPO_STREAM_UI_PORT": str(processes.free_port()),
         }
         environ["EXPO_LAKE"] = str(work / "lake")
         environ["EXPO_METRIC_STORE"] = f"sqlite:///{work / 'metrics.sqlite'}"

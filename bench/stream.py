@@ -27,7 +27,7 @@ from expo_platform.core.visits import VISIT_GAP_MS
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines
 from expo_platform.errors import ExpoError
 from expo_platform.lake import STREAM_SESSIONS
-from expo_platform.ops import services
+from expo_platform.ops import processes, zookeeper_broker
 
 START = parse_hour("2026-03-02T08")
 
@@ -120,7 +120,7 @@ def app_environ(work: Path, bootstrap: str, topic: str, zookeeper: str, trigger:
         "EXPO_ZOOKEEPER": zookeeper,
         "EXPO_STREAM_TRIGGER_SECONDS": str(trigger),
         "EXPO_STREAM_STARTING_OFFSETS": "earliest",
-        "EXPO_STREAM_UI_PORT": str(services.free_port()),
+        "EXPO_STREAM_UI_PORT": str(processes.free_port()),
         # The local Tansu broker hides a partition's newest record batch from offset
         # queries (docs/architecture.md); the probe finds it, as a real Kafka needs no help.
         "EXPO_KAFKA_END_OFFSETS": "probe",
@@ -133,11 +133,11 @@ def one_rate(
 ) -> dict:
     """Run the app against `rate` messages/s; its batches, freshness and state size."""
     work = Path(tempfile.mkdtemp(prefix=f"expo-bench-stream-{rate}-"))
-    zk = services.start_zookeeper(services_dir / "zookeeper", services.free_port())
-    broker = services.start_broker(services_dir / "broker", services.free_port())
+    zk = zookeeper_broker.start_zookeeper(services_dir / "zookeeper", processes.free_port())
+    broker = zookeeper_broker.start_broker(services_dir / "broker", processes.free_port())
     topic = f"bench-{rate}"
     try:
-        services.ensure_topic(broker.address, topic, 2)
+        zookeeper_broker.ensure_topic(broker.address, topic, 2)
         env = app_environ(work, broker.address, topic, zk.address, trigger)
         log = (work / "stream.log").open("w")
         expo = Path(sys.executable).parent / "expo"

@@ -1,5 +1,5 @@
 """The `expo` command line: generate traffic, run the batch layer, read metrics, quality and
-scorecards."""
+scorecards, serve the dashboard."""
 
 from __future__ import annotations
 
@@ -221,6 +221,12 @@ def cmd_scorecard(args: argparse.Namespace, settings: Settings) -> None:
         print(scorecard_text(card))
 
 
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> None:
+    from expo_platform.serving.dashboard import serve
+
+    serve(settings, args.host, args.port)
+
+
 def _day_arg(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -351,6 +357,21 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--to", dest="last", type=_day_arg, help="last day (inclusive)")
     card.add_argument("--format", choices=("table", "json"), default="table")
     card.set_defaults(func=cmd_scorecard)
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="serve the experimenters' live dashboard on loopback (experiments, hourly trends "
+        "of both layers, rolling visitors, scorecards, data quality, drift)",
+    )
+    dash.add_argument(
+        "--port", type=int, help="port to listen on (default EXPO_DASHBOARD_PORT, 8050; 0: any)"
+    )
+    dash.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="loopback address to listen on: 127.0.0.1 (default), ::1 or localhost",
+    )
+    dash.set_defaults(func=cmd_dashboard)
 
     wr = sub.add_parser(
         "writer", help="which region's streaming app writes (status), or move it (switch)"

@@ -18,6 +18,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from expo_platform.analysis.pre_period import VISITOR_TOTALS_SCHEMA
 from expo_platform.analysis.scorecards import VISITOR_DAILY_SCHEMA
 from expo_platform.core.beacons import BEACON_SCHEMA, REJECT_SCHEMA
 from expo_platform.core.hours import hour_key, parse_hour
@@ -50,6 +51,19 @@ def _exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(b))
+
+
+NO_SPACE = "No space left on device"  # ENOSPC, as Java and the C library word it
+
+
+def disk_full_message(root: Path, path: Path) -> str:
+    """The error of a write that found the lake's disk full: the path and what is free."""
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    return (
+        f"no space left on device writing {path}: the file system of the lake {root} has "
+        f"{free:,} bytes free. Free space there (or point EXPO_LAKE at a larger disk) and "
+        "run the same hours again: the partitions written so far are whole"
+    )
 
 
 def swap_in(staging: Path, path: Path) -> None:
@@ -158,7 +172,13 @@ class Table:
         for stale in staging_dir.glob(f"{self.name}.{path.name}.*"):
             shutil.rmtree(stale, ignore_errors=True)
         staging = staging_dir / f"{self.name}.{path.name}.{uuid.uuid4().hex[:12]}"
-        df.write.format(self.format).save(str(staging))
+        try:
+            df.write.format(self.format).save(str(staging))
+        except Exception as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if NO_SPACE in str(error):
+                raise ExpoError(disk_full_message(settings.lake.root, path)) from None
+            raise
         swap_in(staging, path)
 
     def remove_partition(self, settings: Settings, when: date) -> None:
@@ -171,7 +191,12 @@ BEACON_REJECTS = Table("beacon_rejects", REJECT_SCHEMA)
 SESSIONS = Table("sessions", SESSIONS_SCHEMA, "orc")  # the Hive table `sessions` too
 VISITOR_SKETCHES = Table("visitor_sketches", SKETCHES_SCHEMA)
 VISITOR_DAILY = Table("visitor_daily", VISITOR_DAILY_SCHEMA, partition_column=DAY_COLUMN)
-TABLES = {t.name: t for t in (BEACONS, BEACON_REJECTS, SESSIONS, VISITOR_SKETCHES, VISITOR_DAILY)}
+# Per visitor and day, whatever the experiments: the CUPED covariates' source.
+VISITOR_TOTALS = Table("visitor_totals", VISITOR_TOTALS_SCHEMA, partition_column=DAY_COLUMN)
+TABLES = {
+    t.name: t
+    for t in (BEACONS, BEACON_REJECTS, SESSIONS, VISITOR_SKETCHES, VISITOR_DAILY, VISITOR_TOTALS)
+}
 
 # The speed layer's state: counted beacons by batch and hour
 # (`beacons/batch=<key>/hourly_partitioner=<hour>`), sessions rows and visitor sketches by hour.

@@ -42,11 +42,30 @@ def _one_line(message: str) -> str:
     return text.split(": ", 1)[1] if text.startswith("dagster.") and ": " in text else text
 
 
+def _platform_errors(cls: type = ExpoError) -> set[str]:
+    """The class names of the platform's own errors: ExpoError and its subclasses."""
+    return {cls.__name__}.union(*(_platform_errors(sub) for sub in cls.__subclasses__()))
+
+
+def _step_error(error) -> str:
+    """A step's error on one line: the platform's own error (an ExpoError) where the chain
+    of causes holds one, since it says what to do; else Dagster's line and the first line
+    of the root cause."""
+    chain = [error]
+    while chain[-1].cause is not None:
+        chain.append(chain[-1].cause)
+    ours = [e for e in chain if e.cls_name in _platform_errors()]
+    if ours:
+        return _one_line(ours[0].message)
+    root = chain[-1].message.strip().splitlines()
+    return _one_line(error.message) + (f" {root[0]}" if len(chain) > 1 and root else "")
+
+
 def _failure(result: dg.ExecuteInProcessResult) -> str:
     """The first error message of a failed run, on one line."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return _one_line(event.step_failure_data.error.message)
+            return _step_error(event.step_failure_data.error)
     for event in result.all_events:
         if event.is_failure and event.message:
             return _one_line(event.message)

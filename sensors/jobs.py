@@ -22,6 +22,9 @@ hourly_metrics_job = dg.define_asset_job(
 
 daily_analysis_job = dg.define_asset_job(
     "daily_analysis",
-    selection=dg.AssetSelection.assets("visitor_daily", "experiment_scorecards", "trend_reports"),
-    description="Per-visitor sums of a finished day, then scorecards and trend reports.",
+    selection=dg.AssetSelection.assets(
+        "visitor_daily", "visitor_totals", "experiment_scorecards", "trend_reports"
+    ),
+    description="Per-visitor sums of a finished day (per experiment, and the CUPED totals), "
+    "then scorecards and trend reports.",
 )

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 
-from expo_platform.ops.services import free_port
+from expo_platform.ops.processes import free_port
 
 
 @dataclass

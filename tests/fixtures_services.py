@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from expo_platform.errors import ExpoError
-from expo_platform.ops.services import Service, free_port, start_broker, start_zookeeper
+from expo_platform.ops.processes import Service, free_port
+from expo_platform.ops.zookeeper_broker import start_broker, start_zookeeper
 
 START_ATTEMPTS = 3
 _topics = itertools.count(1)
@@ -30,7 +31,7 @@ def unique_topic(prefix: str = "t") -> str:
 def new_topic(kafka, prefix: str, partitions: int, lines=()) -> str:
     """A topic no other test uses, with `partitions` partitions and `lines` produced to it."""
     from expo_platform.devtools.producer import produce_lines
-    from expo_platform.ops.services import ensure_topic
+    from expo_platform.ops.zookeeper_broker import ensure_topic
 
     topic = unique_topic(prefix)
     ensure_topic(kafka.address, topic, partitions)

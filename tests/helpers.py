@@ -70,7 +70,7 @@ def supervisor_tick(
 def stream_env(tmp_path: Path, kafka, zookeeper, topic: str, mailbox, webhook) -> dict[str, str]:
     """Settings of a streaming app under the supervisor: its own lake, store, services dir,
     topic and consumer, a 5 s trigger, a free UI port, and alerts to the test's receivers."""
-    from expo_platform.ops.services import free_port
+    from expo_platform.ops.processes import free_port
 
     return {
         "EXPO_LAKE": str(tmp_path / "lake"),

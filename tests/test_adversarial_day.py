@@ -25,7 +25,8 @@ from expo_platform.analysis.daily import POPULATIONS, scorecard_path
 from expo_platform.analysis.scorecards import VISITOR_METRICS
 from expo_platform.core.hours import parse_hour
 from expo_platform.core.metrics import ALLOWED_ERROR
-from expo_platform.devtools.generator import DEFAULT_EXPERIMENTS, GeneratorConfig
+from expo_platform.devtools.generator import GeneratorConfig
+from expo_platform.devtools.traffic_model import DEFAULT_EXPERIMENTS
 from expo_platform.serving.store import MetricStore
 from sensors.batch_runner import run_batch
 from tests import reference

@@ -29,7 +29,7 @@ from expo_platform.core.hours import HOUR_MS, hour_iso, hour_label, hour_start_m
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines, write_landing
 from expo_platform.devtools.producer import produce_lines
 from expo_platform.errors import ExpoError, SettingsError
-from expo_platform.ops import services
+from expo_platform.ops import processes, spark_cluster
 from expo_platform.ops.supervision import (
     STREAM_APP_NAME,
     LocalLauncher,
@@ -71,7 +71,9 @@ def test_the_streaming_app_is_found_in_the_masters_json():
     assert master_app(finished) == ("app-20261125215054-0001", False)
     assert master_app({**finished, "completedapps": []}) == (None, False)
     assert master_app(status, "expo")[1] is False  # the batch app finished
-    assert services.worker_alive(status, 35385) and not services.worker_alive(status, 8081)
+    assert spark_cluster.worker_alive(status, 35385) and not spark_cluster.worker_alive(
+        status, 8081
+    )
 
 
 def test_the_app_name_the_supervisor_looks_for_is_the_streams():
@@ -179,11 +181,11 @@ class Cluster:
     url: str  # spark://127.0.0.1:port
     ui: str  # host:port of the master's web UI
     folder: Path
-    master: services.Service
-    worker: services.Service
+    master: processes.Service
+    worker: processes.Service
 
     def status(self) -> dict:
-        status = services.master_status(self.ui)
+        status = spark_cluster.master_status(self.ui)
         assert status is not None, "the master's JSON does not answer"
         return status
 
@@ -195,19 +197,19 @@ class Cluster:
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """A standalone master and one worker (2 cores, 2g) on free loopback ports."""
     folder = tmp_path_factory.mktemp("cluster")
-    port, ui_port, worker_ui = (services.free_port() for _ in range(3))
-    master = services.start_master(folder, port, ui_port)
+    port, ui_port, worker_ui = (processes.free_port() for _ in range(3))
+    master = spark_cluster.start_master(folder, port, ui_port)
     try:
-        worker = services.start_worker(folder, port, ui_port, CORES, MEMORY, worker_ui)
+        worker = spark_cluster.start_worker(folder, port, ui_port, CORES, MEMORY, worker_ui)
     except ExpoError:
         master.stop()
         raise
-    found = services.recorded_service(folder, services.SPARK_WORKER)
+    found = processes.recorded_service(folder, spark_cluster.SPARK_WORKER)
     assert found is not None and found.alive()  # the java command line, after spark-class
-    assert found.argv[0].endswith("java") and services.WORKER_CLASS in found.argv
-    yield Cluster(services.master_url(port), f"127.0.0.1:{ui_port}", folder, master, worker)
-    stopped = services.stop_from_pidfiles(folder, names=services.CLUSTER_NAMES)
-    assert [s.name for s in stopped] == [services.SPARK_WORKER, services.SPARK_MASTER]
+    assert found.argv[0].endswith("java") and spark_cluster.WORKER_CLASS in found.argv
+    yield Cluster(spark_cluster.master_url(port), f"127.0.0.1:{ui_port}", folder, master, worker)
+    stopped = processes.stop_from_pidfiles(folder, names=spark_cluster.CLUSTER_NAMES)
+    assert [s.name for s in stopped] == [spark_cluster.SPARK_WORKER, spark_cluster.SPARK_MASTER]
     assert not list(folder.glob("*.pid"))
 
 
@@ -257,7 +259,7 @@ def test_batch_assets_materialize_on_the_cluster(cluster, tmp_path):
     assert [(a["name"], a["state"]) for a in apps] == [("expo", "FINISHED")], apps
     assert apps[0]["cores"] == CORES
     # Its executor ran in the worker's work folder, not in the driver.
-    assert (cluster.folder / services.SPARK_WORKER / "work" / apps[0]["id"]).is_dir()
+    assert (cluster.folder / spark_cluster.SPARK_WORKER / "work" / apps[0]["id"]).is_dir()
 
     # The metrics equal those of the independent DuckDB implementation on the same files,
     # which equals the local-mode batch layer (tests/test_bench.py).

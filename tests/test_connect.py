@@ -21,7 +21,7 @@ from definitions import build_defs
 from expo_platform.core.hours import parse_hour
 from expo_platform.devtools.generator import GeneratorConfig
 from expo_platform.ops.connect import remote_url, start_connect
-from expo_platform.ops.services import CONNECT, free_port, recorded_service
+from expo_platform.ops.processes import CONNECT, free_port, recorded_service
 from tests.helpers import (
     assert_store_equals_oracle,
     expo_batch,

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
@@ -28,7 +29,7 @@ from expo_platform.settings import load_settings
 from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PROJECT
 
 ASSETS = ["beacons", "beacon_rejects", "data_quality", "sessions", "experiment_metrics"]
-DAILY_ASSETS = ["visitor_daily", "experiment_scorecards", "trend_reports"]
+DAILY_ASSETS = ["visitor_daily", "visitor_totals", "experiment_scorecards", "trend_reports"]
 # The speed layer's external assets: the stream writes them, Dagster only observes them.
 SPEED_ASSETS = ["kafka_beacons", "landing_zone", "speed_metrics"]
 HOURS = ["2026-03-02-00", "2026-03-02-01"]
@@ -309,3 +310,97 @@ def test_asset_graph_and_a_two_hour_backfill_in_chromium(dagster_dev):
         quality = {p.hour for p in store.query(layer="batch", quality=True)}
     assert hours == {"2026-03-02T00:00:00Z", "2026-03-02T01:00:00Z"}
     assert quality == hours
+
+
+LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+REEXECUTE = """mutation($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+
+
+def _run_status(dev: DagsterDev, run_id: str) -> str:
+    return graphql(dev.port, RUN, {"id": run_id})["runOrError"]["status"]
+
+
+def _wait_status(dev: DagsterDev, run_id: str, wanted: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := _run_status(dev, run_id)) not in wanted:
+        assert time.monotonic() < deadline, f"run {run_id} still {status}\n{dev.log_tail()}"
+        time.sleep(1)
+    return status
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it (the run worker and its Spark JVM)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_run_worker_fails_its_run_and_a_reexecution_gives_a_clean_runs_lake(
+    dagster_dev, monkeypatch
+):
+    """kill -9 of a run worker (and its JVM) in the middle of an hourly_ingest run: the
+    `dead_run_workers` sensor marks the run failed (the default launcher cannot tell, and the
+    run would hold the `spark` pool's one slot for good), a re-execution through GraphQL, as
+    the UI's Re-execute button sends it, succeeds, and the hour's lake partitions and quality
+    counts are those of the oracle (a clean run)."""
+    from dagster import DagsterInstance
+
+    from expo_platform import lake
+    from tests import reference
+    from tests.test_batch_faults import _partitions_are_whole
+
+    dev, hour = dagster_dev, HOURS[0]
+    selector = {"repositoryLocationName": "expo", "repositoryName": "__repository__"}
+    params = {
+        "selector": {**selector, "jobName": "hourly_ingest"},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": hour}]},
+    }
+    launched = graphql(dev.port, LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    monkeypatch.setenv("DAGSTER_HOME", str(dev.lake.parent / "dagster_home"))
+    settings = load_settings(
+        {"EXPO_LAKE": str(dev.lake), "DAGSTER_HOME": str(dev.lake.parent / "dagster_home")}
+    )
+    staging, beacons = dev.lake / lake.STAGING, lake.BEACONS.root(settings)
+    with DagsterInstance.get() as instance:
+        from sensors.run_watchdog import worker_pid
+
+        deadline = time.monotonic() + 300
+        # Mid-run: the worker is writing the hour's first table.
+        while not any(staging.glob("*")) and not beacons.exists():
+            assert time.monotonic() < deadline, f"no write within 300 s\n{dev.log_tail()}"
+            time.sleep(0.05)
+        pid = worker_pid(instance, run_id)
+        assert pid is not None, "the run worker reported no pid"
+        _kill_tree(pid)
+    assert _wait_status(dev, run_id, {"FAILURE", "SUCCESS"}, 120) == "FAILURE"
+    _partitions_are_whole(settings)
+
+    again = graphql(
+        dev.port, REEXECUTE, {"params": {"parentRunId": run_id, "strategy": "ALL_STEPS"}}
+    )["launchRunReexecution"]
+    assert again["__typename"] == "LaunchRunSuccess", again
+    retry_id = again["run"]["runId"]
+    assert _wait_status(dev, retry_id, {"FAILURE", "SUCCESS"}, 600) == "SUCCESS", dev.log_tail()
+
+    _partitions_are_whole(settings)
+    index = reference.hour_of_key(hour)
+    lines = reference.classify(dev.lake / "landing" / "beacons")
+    want = sorted(x.beacon["event_id"] for x in lines if x.hour == index and x.status == "valid")
+    partition = lake.BEACONS.partition_path(settings, parse_hour(hour))
+    assert sorted(pq.read_table(partition).column("event_id").to_pylist()) == want
+    expected = reference.quality(dev.lake / "landing" / "beacons")[reference.iso_of_hour(index)]
+    with MetricStore(f"sqlite:///{dev.lake / 'metrics.sqlite'}") as store:
+        got = store.values(layer="batch", quality=True)
+    assert {k[0]: v for k, v in got.items() if k[4] == reference.iso_of_hour(index)} == {
+        k: float(v) for k, v in expected.items()
+    }

@@ -18,14 +18,8 @@ import pytest
 
 from expo_platform.core import beacons as bc
 from expo_platform.core.hours import HOUR_MS, hour_start_ms, parse_hour
-from expo_platform.devtools.generator import (
-    DEFAULT_EXPERIMENTS,
-    Effect,
-    ExperimentSpec,
-    GeneratorConfig,
-    iter_lines,
-    write_landing,
-)
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines, write_landing
+from expo_platform.devtools.traffic_model import DEFAULT_EXPERIMENTS, Effect, ExperimentSpec
 from expo_platform.errors import ExpoError
 
 START = parse_hour("2026-03-02T00")
@@ -302,7 +296,7 @@ def test_invalid_config(overrides):
 
 def test_live_lines_follow_the_clock_at_a_steady_rate():
     """Live traffic: arrival order from the start on, about the rate, valid, real visits."""
-    from expo_platform.devtools.generator import live_lines
+    from expo_platform.devtools.live_traffic import live_lines
 
     start = hour_start_ms(parse_hour("2026-03-02T10")) + 17 * 60_000
     rate = 5

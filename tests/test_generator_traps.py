@@ -16,7 +16,8 @@ import pytest
 
 from expo_platform.cli import build_parser
 from expo_platform.core.hours import HOUR_MS, hour_start_ms, parse_hour
-from expo_platform.devtools.generator import TRAP_KINDS, GeneratorConfig, iter_lines, write_landing
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines, write_landing
+from expo_platform.devtools.trap_sessions import TRAP_KINDS
 from expo_platform.errors import ExpoError
 from tests.test_generated_traffic import reference_reason
 

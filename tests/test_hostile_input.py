@@ -9,7 +9,7 @@ example goes through
 - the batch layer: a landing file with LF or CRLF line ends, read and classified as
   `expo batch` does (`lake.read_landing`, `beacons.classify_hour`);
 - the speed layer: the same lines as Kafka message bytes, parsed and counted as a
-  micro-batch does (`kafka_source.uniform`, `parse.parse_messages`, `counted.classify`);
+  micro-batch does (`kafka_options.uniform`, `parse.parse_messages`, `counted.classify`);
 - the oracle: `tests.test_generated_traffic.reference_reason`, plain Python.
 
 All three must give every line the same status, and the counts must add up to the lines.
@@ -38,7 +38,7 @@ from expo_platform.core.hours import (
 )
 from expo_platform.lake import landing_partition, read_landing
 from expo_platform.serving.store import MetricStore
-from expo_platform.speed import counted, kafka_source, parse
+from expo_platform.speed import counted, kafka_options, parse
 from expo_platform.speed.context import BatchContext
 from expo_platform.speed.files import EVENT_HOUR, StreamFiles
 from expo_platform.speed.step_times import StepTimes
@@ -243,8 +243,8 @@ def batch_statuses(spark, settings, values: list[bytes], crlf: list[bool]) -> li
 def speed_statuses(spark, settings, store, values: list[bytes]) -> list[str | None]:
     """Each message's status in the speed layer: parsed and counted as one micro-batch."""
     rows = [(None, v, "beacons", 0, i, PRODUCED) for i, v in enumerate(values)]
-    df = spark.createDataFrame(rows, kafka_source.SCHEMA)
-    parsed = parse.parse_messages(kafka_source.uniform(df)).cache()
+    df = spark.createDataFrame(rows, kafka_options.SCHEMA)
+    parsed = parse.parse_messages(kafka_options.uniform(df)).cache()
     ctx = BatchContext(spark, settings, StreamFiles(settings), store, StepTimes(), "0000-00000001")
     batch = counted.classify(ctx, parse.beacons(parsed), None)
     kept = {r["offset"] for r in batch.counted.select("offset").collect()}

@@ -24,20 +24,22 @@ from expo_platform.devtools.producer import (
     produce_realtime,
 )
 from expo_platform.errors import ExpoError
-from expo_platform.ops.services import ensure_topic
+from expo_platform.ops.zookeeper_broker import ensure_topic
 from expo_platform.speed import kafka_source
-from expo_platform.speed.kafka_source import (
+from expo_platform.speed.kafka_options import (
     SCHEMA,
     SOURCE_NAME,
-    ExpoKafkaStreamReader,
     SourceOptions,
     builtin_kafka_options,
-    end_offsets_of_batch,
     from_json_offsets,
     parse_starting_offsets,
+    split_budget,
+)
+from expo_platform.speed.kafka_source import (
+    ExpoKafkaStreamReader,
+    end_offsets_of_batch,
     read_stream,
     register,
-    split_budget,
 )
 from expo_platform.speed.offsets import ZkOffsets
 from tests.fixtures_services import unique_topic
@@ -155,7 +157,7 @@ def test_produce_live_stops_when_the_generator_runs_out(kafka, topic):
 
 
 def test_delivery_failures_are_counted():
-    from expo_platform.ops.services import free_port
+    from expo_platform.ops.processes import free_port
 
     report = produce_lines(
         f"127.0.0.1:{free_port()}", "nowhere", beacons(20), conf={"message.timeout.ms": "1000"}

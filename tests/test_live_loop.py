@@ -25,7 +25,7 @@ import pytest
 
 from expo_platform.core.hours import ONE_HOUR, hour_iso, hour_key, truncate_hour
 from expo_platform.core.metrics import ALLOWED_ERROR, EXPERIMENT_METRICS
-from expo_platform.ops.services import (
+from expo_platform.ops.processes import (
     PLATFORM_NAMES,
     free_port,
     recorded_service,
@@ -89,6 +89,7 @@ def test_make_up_closes_the_lambda_loop_on_live_traffic(tmp_path, monkeypatch):
         EXPO_STREAM_UI_PORT=str(free_port()),
         EXPO_CONNECT_PORT=str(free_port()),
         EXPO_CONNECT_UI_PORT=str(free_port()),
+        EXPO_DASHBOARD_PORT=str(free_port()),
         EXPO_STREAM_TRIGGER_SECONDS="45",
         EXPO_UP_RATE="4",
         EXPO_UP_BACKLOG_MINUTES=str(backlog),
@@ -177,6 +178,7 @@ def test_make_up_closes_the_lambda_loop_on_live_traffic(tmp_path, monkeypatch):
         ports = {port for *_, port in sockets}
         configured = [env["EXPO_KAFKA_BOOTSTRAP"], env["EXPO_ZOOKEEPER"]]
         wanted = {dagster_port, int(env["EXPO_STREAM_UI_PORT"]), int(env["EXPO_CONNECT_PORT"])}
+        wanted.add(int(env["EXPO_DASHBOARD_PORT"]))
         assert wanted | {int(a.rsplit(":", 1)[1]) for a in configured} <= ports, sockets
         assert exposed(sockets) == []
         # 7. Dagster's runs ran on the Spark Connect server: its UI lists their queries.

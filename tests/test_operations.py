@@ -13,7 +13,7 @@ from expo_platform.batch.late_data import changed_hours, redo_plan
 from expo_platform.core.hours import hour_key, parse_hour
 from expo_platform.errors import ExpoError
 from expo_platform.ops.alerts import Alert, Channels, send
-from expo_platform.ops.services import free_port
+from expo_platform.ops.processes import free_port
 from expo_platform.ops.supervision import Observation, State, Thresholds, decide
 from expo_platform.settings import load_settings, settings_environ
 from sensors.batch_runner import run_batch

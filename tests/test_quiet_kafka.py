@@ -11,7 +11,7 @@ import pytest
 
 from expo_platform.devtools.producer import make_producer
 from expo_platform.errors import ExpoError
-from expo_platform.ops.services import free_port
+from expo_platform.ops.processes import free_port
 from expo_platform.ops.supervision import observe
 from expo_platform.settings import load_settings
 from expo_platform.speed.kafka_source import topic_end_offsets

@@ -15,18 +15,16 @@ from kazoo.client import KazooClient, TransactionRequest
 from kazoo.exceptions import ConnectionLoss
 
 from expo_platform.errors import ExpoError
-from expo_platform.ops import services
-from expo_platform.ops.services import (
+from expo_platform.ops import processes, services
+from expo_platform.ops.processes import (
     Service,
-    ensure_topic,
     free_port,
     pid_runs,
     recorded_service,
     running_services,
-    start_broker,
-    start_zookeeper,
     stop_from_pidfiles,
 )
+from expo_platform.ops.zookeeper_broker import ensure_topic, start_broker, start_zookeeper
 from expo_platform.speed.offsets import ZkOffsets, offsets_path
 from tests.fixtures_services import unique_topic
 
@@ -67,7 +65,7 @@ def test_start_records_pidfiles_and_stop_removes_them(tmp_path):
         assert sorted(s.pid for s in stopped) == sorted([zk.pid, broker.pid])
         assert not zk.alive() and not broker.alive()
         assert not list(tmp_path.glob("*.pid")) and not list(tmp_path.glob("*.json"))
-        assert not services.port_in_use("127.0.0.1", zk.port)
+        assert not processes.port_in_use("127.0.0.1", zk.port)
         assert not broker_answers(broker.address, timeout=0.5)
     finally:
         zk.stop()
@@ -87,7 +85,7 @@ def test_stop_from_pidfiles_kills_only_the_recorded_command(tmp_path):
             tmp_path / "broker.log",
             tmp_path / "broker.pid",
         )
-        services._write_pidfiles(fake)
+        processes._write_pidfiles(fake)
         zk = start_zookeeper(tmp_path, free_port())
         stopped = stop_from_pidfiles(tmp_path)
         assert [s.name for s in stopped] == ["zookeeper"]

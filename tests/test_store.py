@@ -124,6 +124,29 @@ def test_values_key_a_layers_points_for_comparing_stores(store):
         store.values(layer="batch", by_hour=False)  # two hours would share keys
 
 
+def test_key_spans_give_each_keys_first_and_last_hour_in_either_layer(store):
+    store.upsert(
+        [
+            pt(hour=H1, layer="batch", metric="visitors"),
+            pt(hour=H3, layer="speed", metric="visitors"),
+            pt(hour=H2, layer="batch", metric="visitors", variant="B"),
+            pt(hour=H3, layer="batch", metric="orders", variant="C"),  # not a visitors point
+            Point("visitors", "other", "A", "qualified", H2, "speed", 1.0),
+            Point("beacons_total", "", "", "", H2, "batch", 9.0),
+        ]
+    )
+    assert [
+        (s.experiment, s.variant, s.population, s.first_hour, s.last_hour)
+        for s in store.key_spans()
+    ] == [
+        ("exp", "A", "assigned", H1, H3),
+        ("exp", "B", "assigned", H2, H2),
+        ("other", "A", "qualified", H2, H2),
+    ]
+    assert [(s.experiment, s.last_hour) for s in store.key_spans("beacons_total")] == [("", H2)]
+    assert store.key_spans("visitors_rolling_1h") == []
+
+
 def test_invalid_points_write_nothing(store):
     with pytest.raises(ValueError, match="layer"):
         store.upsert([pt(), pt(layer="fast")])

@@ -52,7 +52,8 @@ from expo_platform.core.hours import parse_hour
 from expo_platform.core.metrics import EXPERIMENT_METRICS
 from expo_platform.devtools.generator import GeneratorConfig, iter_lines
 from expo_platform.devtools.producer import EXACT_END_OFFSETS, produce_lines
-from expo_platform.ops.services import Service, ensure_topic, free_port, start_broker
+from expo_platform.ops.processes import Service, free_port
+from expo_platform.ops.zookeeper_broker import ensure_topic, start_broker
 from expo_platform.serving.store import MetricStore
 from expo_platform.speed.app import _gist, _restartable
 from expo_platform.speed.offsets import ZkOffsets
@@ -185,6 +186,7 @@ class App:
         self.lake = folder / "lake"
         self.store_dir = folder / "store"
         self.store = self.store_dir / "metrics.sqlite"
+        self.store_url = f"sqlite:///{self.store}"  # or a PostgreSQL server's
         self.group = f"{folder.name}-{topic}"
         self.region, self.max_offsets = region, max_offsets
         self.consumer = f"{self.group}-{region}" if region else self.group
@@ -205,7 +207,7 @@ class App:
         env.update(
             {
                 "EXPO_LAKE": str(self.lake),
-                "EXPO_METRIC_STORE": f"sqlite:///{self.store}",
+                "EXPO_METRIC_STORE": self.store_url,
                 "EXPO_KAFKA_BOOTSTRAP": self.kafka.address,
                 "EXPO_KAFKA_TOPIC": self.topic,
                 "EXPO_ZOOKEEPER": self.zookeeper.address,
@@ -284,8 +286,8 @@ def topic_ends(kafka: Service, topic: str) -> dict[int, int]:
     return {tp.partition: f.result().offset for tp, f in sorted(futures.items())}
 
 
-def speed_points(store: Path) -> dict[tuple, float]:
-    with MetricStore(f"sqlite:///{store}") as metric_store:
+def speed_points(store_url: str) -> dict[tuple, float]:
+    with MetricStore(store_url) as metric_store:
         return metric_store.values(layer="speed", quality=None)
 
 
@@ -298,8 +300,8 @@ class Views:
     rolling: dict[tuple, float]
 
     @classmethod
-    def of(cls, store: Path) -> Views:
-        points = speed_points(store)
+    def of(cls, store_url: str) -> Views:
+        points = speed_points(store_url)
         views = cls(
             metrics={k: v for k, v in points.items() if k[0] in EXPERIMENT_METRICS},
             quality={k: v for k, v in points.items() if k[1] == ""},
@@ -347,7 +349,7 @@ def assert_same_store(app: App, reference: Reference, *, same_boundaries: bool) 
 
 def assert_same_contents(app: App, reference: Reference, *, same_boundaries: bool) -> None:
     """The app's final store, landing zone and quarantine equal the reference run's."""
-    got, want = Views.of(app.store), reference.views
+    got, want = Views.of(app.store_url), reference.views
     assert got.quality == want.quality
     assert got.metrics.keys() == want.metrics.keys()
     counts = {k: v for k, v in want.metrics.items() if k[0] not in FLOAT_SUMS}
@@ -406,7 +408,7 @@ def reference(kafka, zookeeper, topic, tmp_path_factory) -> Reference:
         ui = watch_ui(run)
         assert run.wait(30) == 0, run.tail()
         assert "stream stopped (idle) after 3 micro-batches" in run.stdout(), run.tail()
-        views = Views.of(app.store)
+        views = Views.of(app.store_url)
         ends = topic_ends(kafka, topic)
         assert app.committed() == ends
         return Reference(
@@ -543,6 +545,67 @@ def test_zookeeper_store_and_broker_outages_are_ridden_out_and_later_messages_ar
         assert run.wait(120) == 0, run.tail()
         assert "stream stopped (signal)" in run.stdout()
         assert "Kafka at" in run.log() and "is unreachable" in run.log()
+        assert_same_store(app, reference, same_boundaries=False)
+
+
+@pytest.mark.slow
+def test_postgres_crash_mid_batch_then_a_broker_paused_mid_read_and_the_store_is_the_reference(
+    kafka, zookeeper, topic, reference, tmp_path, postgres_server
+):
+    """Two faults in one run, each ridden out, and the run ends with the reference's store,
+    landing zone and offsets, with the same batch boundaries:
+
+    1. the production store, PostgreSQL, crashes (`pg_ctl stop -m immediate`) while the
+       first micro-batch runs, and comes back OUTAGE_SECONDS later, recovered from its
+       write-ahead log: the batch's store writes fail and are retried, and a write cut
+       short is rolled back whole (one transaction);
+    2. the broker stops answering (SIGSTOP) the moment the second micro-batch is planned,
+       as its tasks start reading their offset ranges, and answers again OUTAGE_SECONDS
+       later: the reads wait (within the source's poll timeout) and go on.
+    """
+    with App(kafka, zookeeper, topic, tmp_path) as app:
+        app.store_url = postgres_server.url
+        run = app.start("--until-idle")
+        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
+        with outage(lambda: postgres_server.stop("immediate"), postgres_server.start):
+            run.wait_for_log(r"writing [^\n]* failed, retrying", timeout=120)
+        planned = app.stream_dir / "checkpoint" / "offsets"
+        wait_until(
+            lambda: planned.is_dir() and 1 in app.checkpointed("offsets"),
+            RUN_TIMEOUT,
+            "batch 1 planned",
+            run,
+        )
+        with outage(kafka.pause, kafka.resume):
+            time.sleep(OUTAGE_SECONDS)
+        assert run.wait() == 0, run.tail()
+        assert f"metric store {postgres_server.url} is unreachable" in run.log(), run.tail()
+        seconds = dict(re.findall(r"batch (\S+) done in ([\d.]+)s", run.log()))
+        # The second batch waited the broker's pause out.
+        assert float(seconds[SECOND_BATCH]) >= OUTAGE_SECONDS * 0.8, seconds
+        assert len(run.done()) == len(reference.batches)
+        assert_same_store(app, reference, same_boundaries=True)
+
+
+@pytest.mark.slow
+def test_zookeeper_expires_the_session_during_an_offset_commit_and_the_store_is_the_reference(
+    kafka, zookeeper, topic, reference, tmp_path
+):
+    """A region's app keeps one ZooKeeper session for its life (its writer lease, timeout
+    LEASE_SECONDS). ZooKeeper stops answering while the first micro-batch runs and stays away
+    until the batch's offset commit has failed and OUTAGE_SECONDS (> LEASE_SECONDS) have
+    passed: back, it expires the session. The app sees the session lost, takes the lease
+    again on a new session, commits, and ends with the reference's store and landing zone."""
+    assert OUTAGE_SECONDS > LEASE_SECONDS
+    with App(kafka, zookeeper, topic, tmp_path, region="a") as app:
+        run = app.start("--until-idle")
+        wait_until(lambda: run.running_jobs(), RUN_TIMEOUT, "running job", run)
+        with outage(zookeeper.pause, zookeeper.resume):
+            run.wait_for_log("committing offsets to ZooKeeper failed, retrying", timeout=180)
+        assert run.wait() == 0, run.tail()
+        log = run.log()
+        assert "ZooKeeper session lost" in log, run.tail()
+        assert log.count("writer lease taken") >= 2, run.tail()  # again, on the new session
         assert_same_store(app, reference, same_boundaries=False)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from expo_platform import lake
+from expo_platform.analysis.pre_period import VISITOR_TOTALS_SCHEMA
 from expo_platform.analysis.scorecards import VISITOR_DAILY_SCHEMA
 from expo_platform.core.beacons import BEACON_SCHEMA, REJECT_SCHEMA
 from expo_platform.core.metrics import SKETCHES_SCHEMA
@@ -27,6 +28,7 @@ def test_the_registry_holds_every_lake_table_with_its_schema_and_format():
         "sessions": (SESSIONS_SCHEMA, "orc", "hourly_partitioner"),
         "visitor_sketches": (SKETCHES_SCHEMA, "parquet", "hourly_partitioner"),
         "visitor_daily": (VISITOR_DAILY_SCHEMA, "parquet", "day"),
+        "visitor_totals": (VISITOR_TOTALS_SCHEMA, "parquet", "day"),
     }
     assert all(lake.table(name) is t for name, t in lake.TABLES.items())
     # The speed layer keeps its sessions as Parquet, the batch layer's Hive table is ORC.

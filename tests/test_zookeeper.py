@@ -13,8 +13,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from expo_platform.errors import ExpoError
-from expo_platform.ops import services
-from expo_platform.ops.services import free_port, start_zookeeper
+from expo_platform.ops import readiness
+from expo_platform.ops.processes import free_port
+from expo_platform.ops.zookeeper_broker import start_zookeeper
 from expo_platform.speed.lease import (
     WriterLease,
     landed_consumer,
@@ -145,9 +146,9 @@ def _answers(zk: ZooKeeperSession, path: str) -> bool:
 
 
 def test_the_readiness_probe_uses_the_session(zookeeper):
-    assert services._zookeeper_ready(zookeeper.address, 2.0)
+    assert readiness._zookeeper_ready(zookeeper.address, 2.0)
     started = time.monotonic()
-    assert not services._zookeeper_ready(f"127.0.0.1:{free_port()}", 0.5)
+    assert not readiness._zookeeper_ready(f"127.0.0.1:{free_port()}", 0.5)
     assert time.monotonic() - started < 5
 
 

@@ -1,31 +1,31 @@
 """Daily analysis steps: experiment scorecards (JSON) and trend reports (HTML).
 
 Both read `visitor_daily` or the sessions rows, never the beacons; the statistics are in
-`expo_platform.analysis.stats`, the charts in `expo_platform.analysis.reports`.
+`expo_platform.analysis.stats`, the charts in `expo_platform.analysis.charts`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import warnings
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
 
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from expo_platform import lake
-from expo_platform.analysis import stats
+from expo_platform.analysis import pre_period, stats
+from expo_platform.analysis.report_files import scorecard_path, trend_report_path
 from expo_platform.analysis.reports import render_trend_report
 from expo_platform.analysis.scorecards import (
     experiments_in,
     per_visitor,
     visitor_facts,
 )
-from expo_platform.batch.steps import StepResult
+from expo_platform.batch.steps import StepResult, visitor_totals_of_day
 from expo_platform.core.hours import ONE_HOUR, hour_iso
 from expo_platform.errors import ExpoError
 from expo_platform.serving.store import MetricStore
@@ -39,23 +39,6 @@ LIFT_METRIC = "orders"  # the cumulative lift chart follows orders per visitor
 POPULATIONS = ("assigned", "qualified")
 
 
-def slug(name: str) -> str:
-    """A file-name-safe form of an experiment or population name."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def scorecard_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
-    """Where the scorecard of a day (cumulative up to it) is kept."""
-    name = f"{slug(experiment)}.{slug(population)}.json"
-    return settings.lake.reports_dir / "scorecards" / f"day={day.isoformat()}" / name
-
-
-def trend_report_path(settings: Settings, day: date, experiment: str, population: str) -> Path:
-    """Where the trend report of a day is kept."""
-    name = f"{slug(experiment)}.{slug(population)}.html"
-    return settings.lake.reports_dir / "trends" / f"day={day.isoformat()}" / name
-
-
 def days_up_to(settings: Settings, last: date, first: date | None = None) -> list[date]:
     """The days of visitor_daily that exist in [first, last]."""
     present = lake.VISITOR_DAILY.days_present(settings)
@@ -63,7 +46,54 @@ def days_up_to(settings: Settings, last: date, first: date | None = None) -> lis
 
 
 def _read_daily(spark: SparkSession, settings: Settings, days: list[date]) -> DataFrame:
-    return lake.VISITOR_DAILY.read_days(spark, settings, days)
+    """The visitor_daily rows of these days, with their `day`."""
+    frames = [
+        lake.VISITOR_DAILY.read_days(spark, settings, [d]).withColumn("day", F.lit(d)) for d in days
+    ]
+    return lake.union_all(frames)
+
+
+def _totals_by_day(spark: SparkSession, settings: Settings, days: list[date]) -> DataFrame:
+    """The visitor_totals rows of these days, with their `day`. A day not materialized but
+    with sessions (the asset not run yet) is computed from its sessions and beacons."""
+    frames = []
+    for d in days:
+        if lake.VISITOR_TOTALS.has_partition(settings, d):
+            frame = lake.VISITOR_TOTALS.read_days(spark, settings, [d])
+        elif any(
+            lake.SESSIONS.has_partition(settings, datetime.combine(d, time(h), UTC))
+            for h in range(24)
+        ):
+            frame = visitor_totals_of_day(spark, settings, d)
+        else:
+            continue
+        frames.append(frame.withColumn("day", F.lit(d)))
+    if not frames:
+        return spark.createDataFrame([], f"{pre_period.VISITOR_TOTALS_SCHEMA}, day date")
+    return lake.union_all(frames)
+
+
+def _pre_period(spark: SparkSession, settings: Settings, days: list[date]) -> DataFrame | None:
+    """The visitor_totals days that the CUPED covariates of a scorecard over `days` may
+    need, by day; None when CUPED is off."""
+    n = settings.batch.cuped_days
+    if not n:
+        return None
+    first, last = pre_period.pre_period_days(days[0], days[-1], n)
+    wanted = [first + timedelta(days=k) for k in range((last - first).days + 1)]
+    return _totals_by_day(spark, settings, wanted).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def scorecard_rows(
+    daily: DataFrame, totals: DataFrame | None, settings: Settings, experiment: str, population: str
+) -> pd.DataFrame:
+    """The per-visitor rows of a scorecard, with their CUPED covariates when `totals` is set."""
+    rows = per_visitor(daily, experiment, population)
+    if totals is not None:
+        exposed = pre_period.first_exposures(daily, experiment)
+        pre = pre_period.covariates(exposed, totals, settings.batch.cuped_days)
+        rows = pre_period.with_covariates(rows, pre)
+    return rows.toPandas()
 
 
 def build_scorecard(
@@ -74,6 +104,7 @@ def build_scorecard(
         rows,
         weights=settings.batch.srm_weights_for(experiment),
         cap_percentile=settings.batch.cap_percentile,
+        cuped_days=settings.batch.cuped_days,
     )
     return {
         "experiment": experiment,
@@ -100,7 +131,14 @@ def compute_scorecard(
         raise ExpoError(
             "no visitor_daily days in that range: run `expo batch` over whole days first"
         )
-    rows = per_visitor(_read_daily(spark, settings, days), experiment, population).toPandas()
+    totals = _pre_period(spark, settings, days)
+    try:
+        rows = scorecard_rows(
+            _read_daily(spark, settings, days), totals, settings, experiment, population
+        )
+    finally:
+        if totals is not None:
+            totals.unpersist()
     if rows.empty:
         raise ExpoError(
             f"experiment {experiment!r} has no {population} visitors between {days[0]} and "
@@ -131,12 +169,13 @@ def process_scorecards(spark: SparkSession, settings: Settings, day: date) -> St
     if day not in days:
         raise ExpoError(f"visitor_daily of {day} is not materialized yet")
     daily = _read_daily(spark, settings, days).persist(StorageLevel.MEMORY_AND_DISK)
+    totals = _pre_period(spark, settings, days)
     try:
         pairs = experiments_in(_read_daily(spark, settings, [day]))
         counts = {"scorecards": 0, "significant": 0, "srm_flagged": 0}
         preview, files = [], {}
         for experiment, population in pairs:
-            rows = per_visitor(daily, experiment, population).toPandas()
+            rows = scorecard_rows(daily, totals, settings, experiment, population)
             card = build_scorecard(rows, settings, experiment, population, days)
             path = scorecard_path(settings, day, experiment, population)
             lake.write_atomically(path, json.dumps(card, indent=2, sort_keys=True))
@@ -149,6 +188,8 @@ def process_scorecards(spark: SparkSession, settings: Settings, day: date) -> St
             preview += _headline(card)
     finally:
         daily.unpersist()
+        if totals is not None:
+            totals.unpersist()
     log.info("scorecards of %s: %s", day, counts)
     return StepResult(
         datetime.combine(day, time(), UTC), counts, {"scorecards": preview, "files": [files]}

@@ -1,61 +1,19 @@
-"""Trend reports: one self-contained HTML file per experiment, charts drawn as inline SVG.
+"""Trend reports and scorecard tables: one self-contained HTML file per experiment.
 
-The file needs nothing from the network: no scripts, no fonts, no style sheets from a CDN,
-so it opens offline and can be mailed or attached to a ticket as it is.
+The charts are the dashboard's (`expo_platform.analysis.charts`, `hourly_charts` and
+`lift_charts`, Plotly). A report embeds plotly.js inline, from the installed `plotly`
+package, and its figures' data: it needs nothing from the network (no CDN, no fonts), so it
+opens offline and can be mailed or attached to a ticket as it is.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from expo_platform.analysis.stats import RATIO_METRICS
+from expo_platform.analysis import charts, hourly_charts, lift_charts
 from expo_platform.serving.store import Point
-
-# Ratios are derived at read time (METRICS.md section 4), never stored: the scorecard's
-# ratio metrics, and two more that the charts show.
-RATIOS = {
-    **RATIO_METRICS,
-    "orders_per_visit": ("orders", "visits"),
-    "mean_page_load_ms": ("page_load_ms_sum", "page_load_ms_count"),
-}
-CHARTED = ("visitors", "visits", "orders", "revenue", *RATIOS)
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-LAYER_DASH = {"batch": "", "speed": "6 4"}
-WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 560, 220, 64, 16, 28, 36
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line of a chart: (x, y) points, x in epoch ms."""
-
-    label: str
-    color: str
-    points: Sequence[tuple[float, float]]
-    dash: str = ""
-    band: Sequence[tuple[float, float, float]] = ()  # (x, low, high), drawn under the line
-
-
-def hourly_series(points: Iterable[Point]) -> dict[str, dict[tuple[str, str], list]]:
-    """metric -> (variant, layer) -> sorted (hour ms, value), ratios derived per hour."""
-    raw: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-    for p in points:
-        raw[(p.variant, p.layer, p.hour)][p.metric] = p.value
-    out: dict[str, dict[tuple[str, str], list]] = defaultdict(lambda: defaultdict(list))
-    for (variant, layer, hour), values in sorted(raw.items()):
-        x = datetime.fromisoformat(hour.replace("Z", "+00:00")).timestamp() * 1000
-        for metric in CHARTED:
-            if metric in RATIOS:
-                num, den = RATIOS[metric]
-                if values.get(den):
-                    out[metric][(variant, layer)].append((x, values.get(num, 0.0) / values[den]))
-            elif metric in values:
-                out[metric][(variant, layer)].append((x, values[metric]))
-    return out
 
 
 def _fmt(value: float) -> str:
@@ -68,117 +26,59 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _hour_label(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%m-%d %H:00")
+def _interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f"[{low:+.4g}, {high:+.4g}]"
 
 
-def line_chart(title: str, series: Sequence[Series], percent: bool = False) -> str:
-    """An SVG line chart with axes, a legend and optional shaded bands."""
-    xs = [x for s in series for x, _ in s.points] + [x for s in series for x, _, _ in s.band]
-    ys = [y for s in series for _, y in s.points]
-    ys += [v for s in series for _, lo, hi in s.band for v in (lo, hi)]
-    if not xs:
-        return (
-            f'<svg class="chart" width="{WIDTH}" height="40">'
-            f'<text x="8" y="24">{html.escape(title)}: no data</text></svg>'
-        )
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(min(ys), 0.0), max(max(ys), 0.0)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1
-    plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
-
-    def px(x: float) -> float:
-        return PAD_L + (x - x0) / (x1 - x0) * plot_w
-
-    def py(y: float) -> float:
-        return PAD_T + (y1 - y) / (y1 - y0) * plot_h
-
-    label = (lambda v: f"{v * 100:.1f}%") if percent else _fmt
-    parts = [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
-        f'height="{HEIGHT}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{PAD_L}" y="18" class="title">{html.escape(title)}</text>',
-    ]
-    for i in range(5):
-        y = y0 + (y1 - y0) * i / 4
-        parts.append(
-            f'<line x1="{PAD_L}" x2="{WIDTH - PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
-            'class="grid"/>'
-            f'<text x="{PAD_L - 6}" y="{py(y) + 4:.1f}" class="tick" text-anchor="end">'
-            f"{label(y)}</text>"
-        )
-    if y0 < 0 < y1:
-        parts.append(
-            f'<line x1="{PAD_L}" x2="{WIDTH - PAD_R}" y1="{py(0):.1f}" y2="{py(0):.1f}" '
-            'class="zero"/>'
-        )
-    for x, anchor in ((x0, "start"), ((x0 + x1) / 2, "middle"), (x1, "end")):
-        parts.append(
-            f'<text x="{px(x):.1f}" y="{HEIGHT - 18}" class="tick" text-anchor="{anchor}">'
-            f"{_hour_label(x)}</text>"
-        )
-    for s in series:
-        if s.band:
-            upper = " ".join(f"{px(x):.1f},{py(hi):.1f}" for x, _, hi in s.band)
-            lower = " ".join(f"{px(x):.1f},{py(lo):.1f}" for x, lo, _ in reversed(s.band))
-            parts.append(
-                f'<polygon points="{upper} {lower}" fill="{s.color}" fill-opacity="0.15"/>'
-            )
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in s.points)
-        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        parts.append(
-            f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="2"{dash}/>'
-        )
-        if len(s.points) == 1:
-            ((x, y),) = s.points
-            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{s.color}"/>')
-    for i, s in enumerate(series):
-        y = HEIGHT - 4
-        x = PAD_L + i * 130
-        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        parts.append(
-            f'<line x1="{x}" x2="{x + 18}" y1="{y - 4}" y2="{y - 4}" stroke="{s.color}" '
-            f'stroke-width="2"{dash}/><text x="{x + 22}" y="{y}" class="legend">'
-            f"{html.escape(s.label)}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _colors(variants: Iterable[str]) -> dict[str, str]:
-    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(sorted(variants))}
-
-
-def _scorecard_table(card: dict) -> str:
-    """The scorecard as an HTML table: one row per variant and metric."""
+def scorecard_html(card: dict) -> str:
+    """The scorecard as an HTML table, one row per variant and metric: the difference, its
+    95% interval and p-value (fixed horizon), the always-valid interval for whoever peeks,
+    Holm's adjusted p-value and the chance to beat control; then the sample-ratio test."""
     head = (
-        "<tr><th>variant</th><th>metric</th><th>control</th><th>variant</th><th>lift</th>"
-        "<th>95% interval of the difference</th><th>p-value</th></tr>"
+        "<thead><tr><th>variant</th><th>metric</th><th>control</th><th>variant</th>"
+        "<th>difference</th><th>lift</th><th>95% interval</th><th>p-value</th>"
+        "<th>p (Holm)</th><th>always-valid 95% interval</th><th>P(beat control)</th>"
+        "</tr></thead>"
     )
     rows = []
     for c in card.get("comparisons", []):
         lift = "" if c.get("lift") is None else f"{c['lift'] * 100:+.2f}%"
-        low, high = c.get("ci_low"), c.get("ci_high")
-        interval = "" if low is None else f"[{_fmt(low)}, {_fmt(high)}]"
         p = c.get("p_value")
         significant = p is not None and p < 0.05
+        beat = c.get("chance_to_beat_control")
+        diff = c.get("difference")
+        holm = c.get("p_value_holm")
         rows.append(
-            f"<tr{' class=sig' if significant else ''}><td>{html.escape(c['variant'])}</td>"
-            f"<td>{html.escape(c['metric'])}</td><td>{_fmt(c['control_value'] or 0)}</td>"
-            f"<td>{_fmt(c['variant_value'] or 0)}</td><td>{lift}</td><td>{interval}</td>"
-            f"<td>{'' if p is None else f'{p:.4g}'}</td></tr>"
+            f"<tr{' class=sig' if significant else ''}>"
+            f"<td class=name>{html.escape(c['variant'])}</td>"
+            f"<td class=name>{html.escape(c['metric'])}</td>"
+            f"<td>{'' if c.get('control_value') is None else _fmt(c['control_value'])}</td>"
+            f"<td>{'' if c.get('variant_value') is None else _fmt(c['variant_value'])}</td>"
+            f"<td>{'' if diff is None else f'{diff:+.4g}'}</td><td>{lift}</td>"
+            f"<td>{_interval(c.get('ci_low'), c.get('ci_high'))}</td>"
+            f"<td>{'' if p is None else f'{p:.3g}'}</td>"
+            f"<td>{'' if holm is None else f'{holm:.3g}'}</td>"
+            f"<td>{_interval(c.get('seq_ci_low'), c.get('seq_ci_high'))}</td>"
+            f"<td>{'' if beat is None else f'{beat:.1%}'}</td></tr>"
         )
     srm = card.get("srm", {})
-    note = (
-        f"<p>Sample-ratio mismatch p-value {srm.get('p_value', float('nan')):.4g}"
-        f"{' <b>(flagged: p &lt; 0.001)</b>' if srm.get('flagged') else ''}; "
-        f"visitors seen in several variants, excluded: {card.get('visitors_multi_variant', 0)}."
-        "</p>"
+    srm_p = srm.get("p_value")
+    srm_text = (
+        "Sample-ratio test: not applicable (one variant)."
+        if srm_p is None
+        else f"Sample-ratio mismatch p-value {srm_p:.4g}"
+        + (" <b class=bad>(flagged: p &lt; 0.001)</b>." if srm.get("flagged") else ".")
     )
-    return f"<table>{head}{''.join(rows)}</table>{note}"
+    visitors = ", ".join(
+        f"{html.escape(v)} {d['visitors']:,}" for v, d in card.get("variants", {}).items()
+    )
+    note = (
+        f"<p class=note>Visitors: {visitors}; seen in several variants, excluded: "
+        f"{card.get('visitors_multi_variant', 0):,}. {srm_text} Highlighted rows: p &lt; 0.05 "
+        "at a fixed horizon; whoever looks before the planned end reads the always-valid "
+        "interval.</p>"
+    )
+    return f"<table class=scorecard>{head}<tbody>{''.join(rows)}</tbody></table>{note}"
 
 
 def scorecard_text(card: dict) -> str:
@@ -269,7 +169,59 @@ def scorecard_extras_text(card: dict) -> str:
         "and error_rate)",
         "risk, risk ctrl: expected loss of shipping the variant, of keeping control (metric units)",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + cuped_text(card))
+
+
+CUPED_COLUMNS = ("variant", "metric", "diff", "95% CI", "CUPED diff", "CUPED 95% CI", "CUPED p")
+CUPED_COLUMNS += ("var. red.", "theta")
+
+
+def cuped_text(card: dict) -> list[str]:
+    """The CUPED-adjusted comparisons beside the plain ones, a third table."""
+    block = card.get("cuped") or {}
+    if not block.get("days"):
+        return ["", "CUPED: off (EXPO_CUPED_DAYS=0)"]
+    rows = [
+        (
+            c["variant"],
+            c["metric"],
+            _num(c["difference"], "+.4g"),
+            _interval(c["ci_low"], c["ci_high"]),
+            _num(c.get("cuped_difference"), "+.4g"),
+            _interval(c.get("cuped_ci_low"), c.get("cuped_ci_high")),
+            _num(c.get("cuped_p_value")),
+            _num(c.get("cuped_variance_reduction"), ".1%"),
+            _num(c.get("cuped_theta"), ".3g"),
+        )
+        for c in card["comparisons"]
+    ]
+    visitors = ", ".join(f"{v} {n:,}" for v, n in block["visitors_with_pre_period"].items())
+    return [
+        "",
+        f"CUPED, covariate: the same metric over the {block['days']} days before each "
+        f"visitor's first exposure (visitors with traffic then: {visitors}):",
+        *_table(CUPED_COLUMNS, rows),
+        "var. red.: 1 - Var(adjusted difference) / Var(difference); theta pooled over both arms",
+    ]
+
+
+REPORT_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1f2328; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 12px; }
+figure.chart { margin: 0; border: 1px solid #e5e5e5; border-radius: 6px; padding: 4px; }
+figure.wide { max-width: 1100px; }
+table { border-collapse: collapse; margin: 12px 0; font-variant-numeric: tabular-nums; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+td.name, th { text-align: left; } th { background: #f6f8fa; } td { white-space: nowrap; }
+tr.sig td { background: #eef7ee; } .bad { color: #cf222e; } .note { color: #57606a; }
+"""
+
+
+def _figure(fig, div_id: str, wide: bool = False) -> str:
+    cls = "chart wide" if wide else "chart"
+    plot = charts.figure_html(fig, f"{div_id}-plot")
+    return f'<figure class="{cls}" id="{div_id}">{plot}</figure>'
 
 
 def render_trend_report(
@@ -281,67 +233,44 @@ def render_trend_report(
     scorecard: dict | None = None,
     generated: datetime | None = None,
 ) -> str:
-    """The HTML trend report of one experiment and population.
+    """The HTML trend report of one experiment and population, charted like the dashboard.
 
     `points` are the experiment's stored hourly points of both layers; `lift_paths` maps a
     variant to its cumulative lift over time against control: dicts with `time_ms`, `lift`,
     `low` and `high` (the always-valid interval of the relative lift).
     """
-    by_metric = hourly_series(p for p in points if p.population == population)
+    by_metric = hourly_charts.hourly_series(p for p in points if p.population == population)
     variants = {v for series in by_metric.values() for v, _ in series}
-    colors = _colors(variants | set(lift_paths))
-    charts = []
-    for metric in CHARTED:
-        series = [
-            Series(f"{variant} ({layer})", colors[variant], pts, LAYER_DASH[layer])
-            for (variant, layer), pts in sorted(by_metric.get(metric, {}).items())
-        ]
-        percent = metric in ("bounce_rate", "error_rate")
-        charts.append(line_chart(f"{metric} per hour", series, percent=percent))
-    lift_series = [
-        Series(
-            f"{variant} vs control",
-            colors[variant],
-            [(p["time_ms"], p["lift"]) for p in path if _finite(p["lift"])],
-            band=[
-                (p["time_ms"], p["low"], p["high"])
-                for p in path
-                if _finite(p["low"]) and _finite(p["high"])
-            ],
+    colors = charts.variant_colors(variants | set(lift_paths))
+    hourly = [
+        _figure(
+            hourly_charts.trend_figure(metric, by_metric.get(metric, {}), colors), f"trend-{metric}"
         )
-        for variant, path in sorted(lift_paths.items())
+        for metric in charts.CHARTED
     ]
-    lift_chart = line_chart(
-        f"cumulative lift of {lift_metric} per visitor, always-valid 95% interval",
-        lift_series,
-        percent=True,
-    )
+    lift = _figure(lift_charts.lift_path_figure(lift_paths, lift_metric, colors), "lift-path", True)
+    if scorecard:
+        card = _figure(lift_charts.lift_figure(scorecard, colors), "lift-scorecard", True)
+        card += scorecard_html(scorecard)
+    else:
+        card = "<p>No scorecard yet.</p>"
     stamp = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{experiment}: {population} population"
-    card = _scorecard_table(scorecard) if scorecard else "<p>No scorecard yet.</p>"
+    plotly_js = charts.inline_plotly_js()
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }}
-.grid {{ stroke: #e5e5e5; }} .zero {{ stroke: #888; }}
-.tick, .legend {{ font-size: 11px; fill: #555; }} .title {{ font-size: 13px; font-weight: 600; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-table {{ border-collapse: collapse; margin: 12px 0; }}
-td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
-tr.sig td {{ background: #eef7ee; }}
-</style></head><body>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{REPORT_STYLE}</style>
+<script>{plotly_js}</script>
+</head><body>
 <h1>{html.escape(title)}</h1>
 <p>Hourly metrics by variant: solid lines are the batch layer, dashed lines the speed
-layer. Generated {stamp}.</p>
+layer (times in UTC). Generated {stamp}.</p>
 <h2>Cumulative lift</h2>
-<div class="charts" id="lift">{lift_chart}</div>
+<div id="lift">{lift}</div>
 <h2>Scorecard</h2>
-{card}
+<div id="scorecard">{card}</div>
 <h2>Hourly metrics</h2>
-<div class="charts" id="hourly">{"".join(charts)}</div>
+<div class="charts" id="hourly">{"".join(hourly)}</div>
 </body></html>
 """
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

@@ -19,6 +19,9 @@ page_views, visits, bounces, orders, units, revenue and errors.
   comparison of the scorecard (`expo_platform.analysis.corrections`).
 - Bayesian read-out: chance to beat control and expected losses from the normal posterior of
   the difference (`expo_platform.analysis.bayes`).
+- CUPED (when `rows` carry `pre_<metric>` columns): the difference adjusted by each visitor's
+  pre-exposure value of the metric, with its interval, p-value and variance reduction
+  (`expo_platform.analysis.cuped`).
 
 `scorecard(rows)` returns a JSON-serialisable dict (no NaN, undefined figures are None):
 
@@ -29,6 +32,8 @@ page_views, visits, bounces, orders, units, revenue and errors.
       "capping": {"percentile": 99.0,       # None (and empty dicts) when capping is off
                   "caps": {"orders": 2.0, "units": 5.0, "revenue": 180.0},
                   "visitors_capped": {"orders": 12, "units": 15, "revenue": 20}},
+      "cuped": {"days": 7,                  # None (and an empty dict) when CUPED is off
+                "visitors_with_pre_period": {"control": 640, "B": 655}},
       "visitors_multi_variant": 3,
       "variants": {"control": {"visitors": 1000}, "B": {"visitors": 1012}},
       "srm": {"counts": {...}, "expected": {...}, "chi2": 0.16, "p_value": 0.69,
@@ -43,7 +48,9 @@ Each comparison is {"metric", "kind" ("mean"|"ratio"), "control", "variant",
 difference), "p_value", "n_control", "n_variant", "seq_ci_low", "seq_ci_high"
 (always-valid interval of the difference), "p_value_holm", "p_value_bh" (p_value adjusted
 over all comparisons of the scorecard), "chance_to_beat_control", "expected_loss" (of
-shipping the variant), "expected_loss_control" (of keeping the control)}.
+shipping the variant), "expected_loss_control" (of keeping the control), "cuped_theta",
+"cuped_control_value", "cuped_variant_value", "cuped_difference", "cuped_ci_low",
+"cuped_ci_high", "cuped_p_value", "cuped_variance_reduction" (None when CUPED is off)}.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from scipy import stats
 from expo_platform.analysis.bayes import readout_for
 from expo_platform.analysis.capping import winsorize
 from expo_platform.analysis.corrections import benjamini_hochberg, holm
+from expo_platform.analysis.cuped import cuped_mean, cuped_ratio
 
 METRIC_COLUMNS = ("page_views", "visits", "bounces", "orders", "units", "revenue", "errors")
 MEAN_METRICS = ("orders", "revenue", "page_views", "visits")
@@ -69,6 +77,7 @@ RATIO_METRICS = {
     "error_rate": ("errors", "page_views"),
     "revenue_per_visit": ("revenue", "visits"),
 }
+PRE = "pre_"  # prefix of a metric's pre-exposure column: the CUPED covariate
 CONTROL = "control"
 SRM_THRESHOLD = 0.001
 # GrowthBook's default tuning: the confidence sequence is tightest near 5000 units in total.
@@ -99,6 +108,14 @@ class Comparison:
     chance_to_beat_control: float | None = None
     expected_loss: float | None = None
     expected_loss_control: float | None = None
+    cuped_theta: float | None = None
+    cuped_control_value: float | None = None
+    cuped_variant_value: float | None = None
+    cuped_difference: float | None = None
+    cuped_ci_low: float | None = None
+    cuped_ci_high: float | None = None
+    cuped_p_value: float | None = None
+    cuped_variance_reduction: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The comparison as a JSON-serialisable dict."""
@@ -403,6 +420,8 @@ def assign_visitors(rows: pd.DataFrame, time_col: str = "first_hour") -> tuple[p
     multi = int((variants_per_visitor > 1).sum())
     kept = rows[rows["visitor_id"].isin(single)]
     aggregations: dict[str, str] = {name: "sum" for name in METRIC_COLUMNS}
+    # A visitor's pre-period covariates are the same on every row of the visitor.
+    aggregations.update({c: "max" for c in rows.columns if c.startswith(PRE)})
     if time_col in rows.columns:
         aggregations[time_col] = "min"
     per_visitor = (
@@ -443,7 +462,25 @@ def compare_variant(
                 planned_n,
             )
         )
+    if all(PRE + m in per_visitor.columns for m in METRIC_COLUMNS):
+        comparisons = [_with_cuped(cmp, c, v, alpha) for cmp in comparisons]
     return comparisons
+
+
+def _with_cuped(comparison: Comparison, c: pd.DataFrame, v: pd.DataFrame, alpha: float):
+    """The comparison with its CUPED figures, from the arms' `pre_<metric>` covariates."""
+    names = [n for n in c.columns if n in METRIC_COLUMNS or n.startswith(PRE)]
+    col = {n: (c[n].to_numpy(float), v[n].to_numpy(float)) for n in names}
+    if comparison.kind == "mean":
+        m = comparison.metric
+        result = cuped_mean(col[m][0], col[PRE + m][0], col[m][1], col[PRE + m][1], alpha)
+    else:
+        num, den = RATIO_METRICS[comparison.metric]
+        arms = [
+            ((col[num][i], col[den][i]), (col[PRE + num][i], col[PRE + den][i])) for i in (0, 1)
+        ]
+        result = cuped_ratio(*arms[0], *arms[1], alpha)
+    return replace(comparison, **result.prefixed())
 
 
 def adjust_p_values(comparisons: list[Comparison]) -> list[Comparison]:
@@ -461,14 +498,18 @@ def scorecard(
     alpha: float = 0.05,
     planned_n: float = DEFAULT_PLANNED_N,
     cap_percentile: float | None = None,
+    cuped_days: int | None = None,
 ) -> dict[str, Any]:
     """The experiment's scorecard (shape in the module docstring) from rows of the range.
 
     `rows` may hold several rows per visitor (e.g. one per hour); assignment happens here,
     so rows that are already one per visitor give visitors_multi_variant = 0. With
     `cap_percentile` (0 < q <= 100; None or 0: off) orders, units and revenue are capped at
-    that percentile of the assigned visitors' pooled sums before the comparisons.
+    that percentile of the assigned visitors' pooled sums before the comparisons. With
+    `cuped_days` (the pre-period's length, reported) and `pre_<metric>` columns, CUPED.
     """
+    if not cuped_days:
+        rows = rows[[c for c in rows.columns if not c.startswith(PRE)]]
     per_visitor, multi = assign_visitors(rows)
     per_visitor, capping = winsorize(per_visitor, cap_percentile)
     visitors = per_visitor.groupby("variant")["visitor_id"].count().to_dict()
@@ -484,10 +525,25 @@ def scorecard(
         "alpha": alpha,
         "planned_n": planned_n,
         "capping": capping.as_dict(),
+        "cuped": _cuped_block(per_visitor, cuped_days),
         "visitors_multi_variant": multi,
         "variants": {name: {"visitors": n} for name, n in counts.items()},
         "srm": srm(counts, weights).as_dict(),
         "comparisons": [c.as_dict() for c in adjust_p_values(comparisons)],
+    }
+
+
+def _cuped_block(per_visitor: pd.DataFrame, days: int | None) -> dict[str, Any]:
+    """The pre-period's length and, per variant, the visitors with traffic in it."""
+    pre = [PRE + m for m in METRIC_COLUMNS]
+    if not days or not all(c in per_visitor.columns for c in pre):
+        return {"days": None, "visitors_with_pre_period": {}}
+    active = per_visitor[pre].to_numpy(float).sum(axis=1) > 0
+    counts = per_visitor[active].groupby("variant")["visitor_id"].count()
+    names = sorted(per_visitor["variant"].unique())
+    return {
+        "days": int(days),
+        "visitors_with_pre_period": {n: int(counts.get(n, 0)) for n in names},
     }
 
 

@@ -15,6 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from expo_platform import lake
+from expo_platform.analysis.pre_period import visitor_totals
 from expo_platform.analysis.scorecards import (
     VISITOR_METRICS,
     key_totals,
@@ -217,6 +218,34 @@ def process_visitor_daily(spark: SparkSession, settings: Settings, day: date) ->
     ).first()
     preview = _sample(written.orderBy("experiment", "variant", "visitor_id"), "*")
     return StepResult(first, summary.asDict(), {"visitor_daily": preview})
+
+
+def visitor_totals_of_day(spark: SparkSession, settings: Settings, day: date) -> DataFrame:
+    """A day's per-visitor totals, whatever the experiments (`pre_period.visitor_totals`),
+    from its counted beacons and the sessions rows of the day and the hours around it."""
+    first = datetime.combine(day, time(), UTC)
+    hours = [first + ONE_HOUR * h for h in range(24)]
+    return visitor_totals(
+        lake.BEACONS.read_partitions(spark, settings, hours),
+        lake.SESSIONS.read_partitions(spark, settings, [first - ONE_HOUR, *hours]),
+        lake.SESSIONS.read_partitions(spark, settings, [*hours, first + ONE_HOUR * 24]),
+    )
+
+
+def process_visitor_totals(spark: SparkSession, settings: Settings, day: date) -> StepResult:
+    """Write a day's `visitor_totals`; final once the next day's first hour is in."""
+    first = datetime.combine(day, time(), UTC)
+    hours = [first + ONE_HOUR * h for h in range(25)]
+    _require_final(settings, f"visitor_totals of {day}", hours)
+    lake.VISITOR_TOTALS.write_partition(visitor_totals_of_day(spark, settings, day), settings, day)
+    written = lake.VISITOR_TOTALS.read_days(spark, settings, [day])
+    summary = written.agg(
+        F.count(F.lit(1)).alias("visitors"),
+        *[F.sum(m).alias(m) for m in ("visits", "orders")],
+    ).first()
+    counts = {k: int(v or 0) for k, v in summary.asDict().items()}
+    preview = _sample(written.orderBy("visitor_id"), "*")
+    return StepResult(first, counts, {"visitor_totals": preview})
 
 
 def check_visitor_daily(

@@ -1,4 +1,6 @@
-"""`make demo`: a day of traffic for three experiments through the batch layer, then a summary.
+"""`make demo`: two days of traffic through the batch layer, then a summary. The three
+experiments start on the second day; the first is the visitors' history before it, which
+CUPED uses to narrow the scorecards' intervals.
 
 Runs on the embedded defaults (local Spark, the project-local lake, SQLite).
 """
@@ -16,9 +18,11 @@ from expo_platform.logs import run_command
 from expo_platform.serving.store import MetricStore, Point
 from expo_platform.settings import Settings
 
-DEMO_START = parse_hour("2026-03-02T00")
-DEMO_HOURS = 24
+DEMO_START = parse_hour("2026-03-01T00")
+DEMO_HOURS = 48
+EXPERIMENTS_FROM = parse_hour("2026-03-02T00")  # the day before is the pre-period
 DEMO_VISITORS = 20_000
+PROPENSITY = 1.0  # visitors who browse and order more do so on both days
 
 
 def summarize(points: list[Point], last_hour: str) -> list[dict]:
@@ -73,6 +77,25 @@ def print_summary(rows: list[dict]) -> None:
         print("  ".join(r[c].rjust(widths[c]) for c in columns))
 
 
+def cuped_lines(card: dict, metric: str = "orders") -> list[str]:
+    """The metric's interval without and with CUPED, for each variant of a scorecard."""
+    lines = []
+    for c in card["comparisons"]:
+        if c["metric"] != metric or c.get("cuped_ci_low") is None or c["ci_low"] is None:
+            continue
+        width, cuped_width = c["ci_high"] - c["ci_low"], c["cuped_ci_high"] - c["cuped_ci_low"]
+        lines += [
+            f"{card['experiment']} {c['variant']} {metric} per visitor: difference "
+            f"{c['difference']:+.4f}, 95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
+            f"(width {width:.4f})",
+            f"  with CUPED ({card['cuped']['days']} days before exposure): difference "
+            f"{c['cuped_difference']:+.4f}, 95% interval [{c['cuped_ci_low']:+.4f}, "
+            f"{c['cuped_ci_high']:+.4f}] (width {cuped_width:.4f}, {1 - cuped_width / width:.0%} "
+            f"narrower; variance reduction {c['cuped_variance_reduction']:.1%})",
+        ]
+    return lines
+
+
 def run(settings: Settings) -> None:
     """Generate, process and summarize the demo day."""
     from expo_platform.analysis.daily import scorecard_path, trend_report_path
@@ -85,10 +108,16 @@ def run(settings: Settings) -> None:
     last = DEMO_START + timedelta(hours=DEMO_HOURS - 1)
     print(
         f"1/4 generating {DEMO_HOURS} hours of traffic from {DEMO_VISITORS:,} visitors "
-        f"into {settings.lake.landing_dir}"
+        f"into {settings.lake.landing_dir}; the experiments start at {hour_label(EXPERIMENTS_FROM)}"
     )
     config = GeneratorConfig(
-        start=DEMO_START, hours=DEMO_HOURS, visitors=DEMO_VISITORS, seed=7, dirty_fraction=0.02
+        start=DEMO_START,
+        hours=DEMO_HOURS,
+        visitors=DEMO_VISITORS,
+        seed=7,
+        dirty_fraction=0.02,
+        experiments_from=EXPERIMENTS_FROM,
+        propensity=PROPENSITY,
     )
     report = write_landing(
         config, settings.lake.landing_dir, progress=lambda line: print("   ", line)
@@ -103,7 +132,7 @@ def run(settings: Settings) -> None:
     prepare_dagster_home(settings, project)
     run_batch(build_defs(settings), DEMO_START, last, progress=lambda line: print("   ", line))
 
-    print("3/4 summary per experiment and variant, assigned population, whole day")
+    print("3/4 summary per experiment and variant, assigned population, both days")
     with MetricStore(settings.lake.metric_store) as store:
         points = store.query(layer="batch", hour_from=hour_iso(DEMO_START), hour_to=hour_iso(last))
         quality = store.query(
@@ -117,15 +146,21 @@ def run(settings: Settings) -> None:
         "data quality: "
         + ", ".join(f"{k.removeprefix('beacons_')} {int(v):,}" for k, v in sorted(totals.items()))
     )
-    day = DEMO_START.date()
+    day = EXPERIMENTS_FROM.date()
     print(
-        "4/4 scorecards of the day: checkout-button's treatment raises the order rate by 20%; "
+        f"4/4 scorecards of {day}: checkout-button's treatment raises the order rate by 20%; "
         "aa-check compares two identical variants"
     )
+    cards = {}
     for experiment in ("checkout-button", "aa-check"):
         card = json.loads(scorecard_path(settings, day, experiment, "assigned").read_text())
+        cards[experiment] = card
         print()
         print(scorecard_text(card))
+    print()
+    print("CUPED shrinks the interval (the covariate: each visitor's orders the day before):")
+    for line in cuped_lines(cards["checkout-button"]):
+        print("   ", line)
     report = trend_report_path(settings, day, "checkout-button", "assigned")
     print()
     print(f"trend report (open it in a browser, works offline): {report}")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from expo_platform.devtools.generator import GeneratorConfig, iter_lines, live_lines
+from expo_platform.devtools.generator import GeneratorConfig, iter_lines
+from expo_platform.devtools.live_traffic import live_lines
 from expo_platform.errors import ExpoError
 from expo_platform.logs import quiet_kafka_conf
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from expo_platform.errors import ExpoError
-from expo_platform.ops import services
+from expo_platform.ops import processes, spark_cluster
 from expo_platform.settings import LOOPBACK, Settings
 
 CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -43,7 +43,7 @@ def server_config(settings: Settings, port: int, ui_port: int) -> dict[str, str]
 
 def server_argv(settings: Settings, port: int, ui_port: int) -> list[str]:
     """`spark-submit --class SparkConnectServer` with the server's settings."""
-    argv = [str(services.spark_home() / "bin" / "spark-submit"), "--class", CONNECT_CLASS]
+    argv = [str(spark_cluster.spark_home() / "bin" / "spark-submit"), "--class", CONNECT_CLASS]
     argv += ["--name", CONNECT_APP_NAME]
     for key, value in server_config(settings, port, ui_port).items():
         argv += ["--conf", f"{key}={value}"]
@@ -51,21 +51,21 @@ def server_argv(settings: Settings, port: int, ui_port: int) -> list[str]:
 
 
 def _accepts(address: str, timeout: float) -> bool:
-    """The probe of `services.start_process`: the gRPC port accepts connections."""
-    return services.port_in_use(*services.parse_address(address, 0))
+    """The probe of `processes.start_process`: the gRPC port accepts connections."""
+    return processes.port_in_use(*processes.parse_address(address, 0))
 
 
-def start_connect(settings: Settings, timeout: float = 180.0) -> services.Service:
+def start_connect(settings: Settings, timeout: float = 180.0) -> processes.Service:
     """Start the server on 127.0.0.1:`settings.local.connect_port`, recorded in the services
     folder; ready when its gRPC port accepts connections (after its SparkContext is up)."""
     port, ui_port = settings.local.connect_port, settings.local.connect_ui_port
-    if services.port_in_use(LOOPBACK, ui_port):
+    if processes.port_in_use(LOOPBACK, ui_port):
         # Spark would move its UI to the next port: the supervisor would ask someone else.
-        raise ExpoError(f"cannot start {services.CONNECT}: {LOOPBACK}:{ui_port} is in use")
+        raise ExpoError(f"cannot start {processes.CONNECT}: {LOOPBACK}:{ui_port} is in use")
     settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
-    env = {**services.spark_env(), "PYSPARK_PYTHON": sys.executable}
-    return services.start_process(
-        services.CONNECT,
+    env = {**spark_cluster.spark_env(), "PYSPARK_PYTHON": sys.executable}
+    return processes.start_process(
+        processes.CONNECT,
         settings.local.services_dir,
         server_argv(settings, port, ui_port),
         port=port,

@@ -3,8 +3,9 @@
 `up` starts what is not running yet, each process detached and recorded by pid files in
 EXPO_SERVICES_DIR: ZooKeeper and the broker (with the topic), the streaming app, live
 traffic on the wall clock at EXPO_UP_RATE beacons per second (after a backlog that covers
-the previous hour), and `dagster dev` (webserver and daemon) with
-the schedules and sensors on, the streaming supervisor included. It prints the URLs.
+the previous hour), `dagster dev` (webserver and daemon) with
+the schedules and sensors on, the streaming supervisor included, and the experimenters'
+dashboard (`expo dashboard`). It prints the URLs.
 `down` stops exactly those processes, by pid, newest first.
 """
 
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from expo_platform.core.hours import ONE_HOUR, truncate_hour
-from expo_platform.ops import services
+from expo_platform.ops import processes, zookeeper_broker
 from expo_platform.ops.connect import remote_url, start_connect
 from expo_platform.ops.supervision import stream_launcher
 from expo_platform.settings import Settings, path_env
@@ -41,20 +42,47 @@ def _script(name: str) -> list[str]:
     return [sys.executable, str(Path(sys.executable).parent / name)]
 
 
+def _new_epoch_for_empty_broker(settings: Settings, say: Callable[[str], None]) -> None:
+    """The local broker keeps its log in memory, so the broker `up` has just started is empty.
+    A stream that ran before holds a checkpoint and ZooKeeper offsets past its end: start a
+    new epoch from the broker's start before the stream starts, rather than wait for the
+    query to notice. It must not: traffic sent meanwhile may already reach past the old
+    offsets, and the query would then skip the new broker's first messages unnoticed."""
+    from expo_platform.speed.app import new_epoch
+    from expo_platform.speed.files import StreamFiles
+    from expo_platform.speed.offsets import ZkOffsets
+
+    files = StreamFiles(settings)
+    topic = settings.stream.kafka_topic
+    with ZkOffsets(settings.stream.zookeeper, settings.stream.offsets_consumer) as zk:
+        if not files.checkpoint.exists() and not any(zk.read(topic).values()):
+            return  # the stream never ran here: it starts at the broker's start anyway
+        new_epoch(files, zk, topic, "make up started the local broker, which starts empty")
+    say(f"stream: new epoch {files.epoch()} from the broker's start (the broker started empty)")
+
+
 def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str], None]) -> None:
     """Start every part of the platform that is not running yet; print where to look."""
     folder = settings.local.services_dir
-    _, zk_port = services.parse_address(settings.stream.zookeeper, 2181)
-    _, kafka_port = services.parse_address(settings.stream.kafka_bootstrap, 9092)
-    services.services_up(
-        folder, zk_port, kafka_port, settings.stream.kafka_topic, services.DEFAULT_PARTITIONS, say
+    _, zk_port = processes.parse_address(settings.stream.zookeeper, 2181)
+    _, kafka_port = processes.parse_address(settings.stream.kafka_bootstrap, 9092)
+    broker_was_running = processes.BROKER in {s.name for s in processes.running_services(folder)}
+    zookeeper_broker.services_up(
+        folder,
+        zk_port,
+        kafka_port,
+        settings.stream.kafka_topic,
+        zookeeper_broker.DEFAULT_PARTITIONS,
+        say,
     )
-    running = {s.name for s in services.running_services(folder)}
+    running = {s.name for s in processes.running_services(folder)}
     settings.lake.root.mkdir(parents=True, exist_ok=True)
-    if services.STREAM not in running:
+    if processes.STREAM not in running:
+        if not broker_was_running:
+            _new_epoch_for_empty_broker(settings, say)
         app = stream_launcher(settings, LOCAL_STREAM_ENV).start()
         say(f"{app.describe()} (started)")
-    if services.GENERATOR not in running:
+    if processes.GENERATOR not in running:
         argv = [
             *_script("expo"),
             "generate",
@@ -69,15 +97,17 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "--backlog-minutes",
             str(settings.local.up_backlog_minutes or backlog_minutes(datetime.now(UTC))),
         ]
-        generator = services.start_process(services.GENERATOR, folder, argv, env=path_env(settings))
+        generator = processes.start_process(
+            processes.GENERATOR, folder, argv, env=path_env(settings)
+        )
         say(f"{generator.describe()} (started, {settings.local.up_rate}/s)")
-    if services.CONNECT in running:
-        connect = services.recorded_service(folder, services.CONNECT)
+    if processes.CONNECT in running:
+        connect = processes.recorded_service(folder, processes.CONNECT)
     else:
         connect = start_connect(settings)
         say(f"{connect.describe()} (started)")
     remote = remote_url(connect.port)
-    if services.DAGSTER not in running:
+    if processes.DAGSTER not in running:
         from expo_platform.ops.dagster_home import ensure_dagster_home
 
         home = ensure_dagster_home(settings, project)
@@ -98,12 +128,20 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
             "EXPO_SPARK_REMOTE": remote,  # every run on the warm server
             **LOCAL_STREAM_ENV,  # for the supervisor's restarts of the stream
         }
-        dagster = services.start_process(
-            services.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
+        dagster = processes.start_process(
+            processes.DAGSTER, folder, argv, port=dagster_port, env=env, cwd=project, timeout=240
         )
         say(f"{dagster.describe()} (started)")
+    if processes.DASHBOARD not in running:
+        port = settings.local.dashboard_port
+        argv = [*_script("expo"), "dashboard", "--host", "127.0.0.1", "--port", str(port)]
+        dashboard = processes.start_process(
+            processes.DASHBOARD, folder, argv, port=port, env=path_env(settings)
+        )
+        say(f"{dashboard.describe()} (started)")
     say(f"lake: {settings.lake.root}")
     say(f"metric store: {settings.lake.metric_store}")
+    say(f"experiments dashboard: http://127.0.0.1:{settings.local.dashboard_port}/")
     say(f"Dagster UI: http://127.0.0.1:{dagster_port}")
     say(f"Spark UI of the streaming app: http://127.0.0.1:{settings.stream.ui_port}")
     say(f"Spark Connect server of the batch layer: {remote}")
@@ -112,10 +150,10 @@ def up(settings: Settings, project: Path, dagster_port: int, say: Callable[[str]
     say("stop everything with: make down")
 
 
-def down(settings: Settings, say: Callable[[str], None]) -> list[services.Service]:
+def down(settings: Settings, say: Callable[[str], None]) -> list[processes.Service]:
     """Stop every recorded platform process, newest first."""
-    stopped = services.stop_from_pidfiles(
-        settings.local.services_dir, names=services.PLATFORM_NAMES
+    stopped = processes.stop_from_pidfiles(
+        settings.local.services_dir, names=processes.PLATFORM_NAMES
     )
     for service in stopped:
         say(f"{service.name} pid={service.pid} stopped")

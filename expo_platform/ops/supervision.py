@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from expo_platform.errors import ExpoError
-from expo_platform.ops import services
+from expo_platform.ops import processes, spark_cluster
 from expo_platform.ops.connect import start_connect
 from expo_platform.settings import LOOPBACK, Settings, path_env
 
@@ -277,7 +277,7 @@ def observe_master(master_ui: str, driver_ui: str, now: float) -> Observation:
     """The app from the standalone master's JSON at `master_ui`; its jobs, tasks and gauges
     from the driver's Spark UI at `driver_ui` while it runs."""
     obs = Observation()
-    status = services.master_status(master_ui, HTTP_TIMEOUT_S)
+    status = spark_cluster.master_status(master_ui, HTTP_TIMEOUT_S)
     if status is None:
         obs.error = f"http://{master_ui}/json/: no answer"
         return obs
@@ -364,21 +364,21 @@ class StreamLauncher:
     `stream.*`), so that any launcher's app can be stopped and checked the same way."""
 
     execs = False  # the command replaces itself by the process that runs (see start_process)
-    children_first = False  # SIGTERM to its children first (see services.Service.stop)
+    children_first = False  # SIGTERM to its children first (see processes.Service.stop)
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.folder = settings.local.services_dir
         self.env = env or {}
 
-    def recorded(self) -> services.Service | None:
-        return services.recorded_service(self.folder, services.STREAM)
+    def recorded(self) -> processes.Service | None:
+        return processes.recorded_service(self.folder, processes.STREAM)
 
     def alive(self) -> bool:
         app = self.recorded()
         return app is not None and app.alive()
 
-    def stop(self, timeout: float = services.STOP_TIMEOUTS[services.STREAM]) -> bool:
+    def stop(self, timeout: float = processes.STOP_TIMEOUTS[processes.STREAM]) -> bool:
         """SIGTERM (the running micro-batch finishes), SIGKILL after `timeout`."""
         app = self.recorded()
         return app.stop(timeout) if app is not None else False
@@ -391,7 +391,7 @@ class StreamLauncher:
         """Environment the command needs beyond this process's."""
         return {}
 
-    def start(self, timeout: float = 180.0) -> services.Service:
+    def start(self, timeout: float = 180.0) -> processes.Service:
         """Start the app; returns once its Spark UI answers."""
         if self.alive():
             raise ExpoError("the streaming app is already running; stop it first")
@@ -402,8 +402,8 @@ class StreamLauncher:
             **self.launch_env(),
             **self.env,
         }
-        return services.start_process(
-            services.STREAM,
+        return processes.start_process(
+            processes.STREAM,
             self.folder,
             argv,
             port=self.settings.stream.ui_port,
@@ -437,7 +437,7 @@ class SparkSubmitLauncher(StreamLauncher):
                 f"not {master!r}"
             )
         return [
-            str(services.spark_home() / "bin" / "spark-submit"),
+            str(spark_cluster.spark_home() / "bin" / "spark-submit"),
             "--master",
             master,
             "--deploy-mode",
@@ -449,7 +449,7 @@ class SparkSubmitLauncher(StreamLauncher):
         ]
 
     def launch_env(self) -> dict[str, str]:
-        return {**services.spark_env(), "PYSPARK_DRIVER_PYTHON": sys.executable}
+        return {**spark_cluster.spark_env(), "PYSPARK_DRIVER_PYTHON": sys.executable}
 
 
 def stream_launcher(settings: Settings, env: dict[str, str] | None = None) -> StreamLauncher:
@@ -459,7 +459,7 @@ def stream_launcher(settings: Settings, env: dict[str, str] | None = None) -> St
     return LocalLauncher(settings, env)
 
 
-def restart(launcher: StreamLauncher) -> tuple[bool, services.Service]:
+def restart(launcher: StreamLauncher) -> tuple[bool, processes.Service]:
     """Stop the old app gracefully if it still runs, then start a new one."""
     started = time.monotonic()
     was_running = launcher.stop()
@@ -467,7 +467,7 @@ def restart(launcher: StreamLauncher) -> tuple[bool, services.Service]:
     # start then failed with "already in use", and the next tick spent another restart.
     port = launcher.settings.stream.ui_port
     deadline = time.monotonic() + PORT_RELEASE_S
-    while services.port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
+    while processes.port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
         time.sleep(0.5)
     app = launcher.start()
     log.info(
@@ -491,17 +491,17 @@ def observe_batch_server(settings: Settings, now: float) -> Observation:
     recorded process. Its failed jobs are the failures of runs, which the run-failure sensor
     reports: they are no reason to restart a server other runs are using."""
     obs = observe_ui(f"{LOOPBACK}:{settings.local.connect_ui_port}", now)
-    recorded = services.recorded_service(settings.local.services_dir, services.CONNECT)
+    recorded = processes.recorded_service(settings.local.services_dir, processes.CONNECT)
     obs.process_alive = recorded is not None and recorded.alive()
     obs.failed_jobs = 0
     return obs
 
 
-def restart_batch_server(settings: Settings) -> tuple[bool, services.Service]:
+def restart_batch_server(settings: Settings) -> tuple[bool, processes.Service]:
     """Stop the recorded server if it still runs, then start a new one; (was it running,
     the new service)."""
-    old = services.recorded_service(settings.local.services_dir, services.CONNECT)
+    old = processes.recorded_service(settings.local.services_dir, processes.CONNECT)
     was_running = old is not None and old.alive()
     if was_running:
-        old.stop(timeout=services.STOP_TIMEOUTS[services.CONNECT])
+        old.stop(timeout=processes.STOP_TIMEOUTS[processes.CONNECT])
     return was_running, start_connect(settings)

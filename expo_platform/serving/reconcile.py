@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from expo_platform.core.metrics import EXPERIMENT_METRICS
-from expo_platform.serving.store import MetricStore
+from expo_platform.serving.store import MetricStore, Point
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,37 @@ def reconcile_hour(store: MetricStore, hour: str, tolerance: float) -> Reconcili
         layer: store.query(layer=layer, metrics=EXPERIMENT_METRICS, hour_from=hour, hour_to=hour)
         for layer in ("speed", "batch")
     }
-    values: dict[str, dict[str, dict]] = {
-        "speed": defaultdict(dict),
-        "batch": defaultdict(dict),
-    }
-    for layer, points in layers.items():
+    return _reconcile(hour, tolerance, layers["speed"], layers["batch"])
+
+
+def reconcile_hours(
+    store: MetricStore, hour_from: str, hour_to: str, tolerance: float
+) -> list[Reconciliation]:
+    """`reconcile_hour` of every hour in [hour_from, hour_to] (ISO) with points of either
+    layer, sorted by hour, in two reads of the store."""
+    by_hour: dict[str, dict[str, list[Point]]] = defaultdict(lambda: {"speed": [], "batch": []})
+    for layer in ("speed", "batch"):
+        for p in store.query(
+            layer=layer, metrics=EXPERIMENT_METRICS, hour_from=hour_from, hour_to=hour_to
+        ):
+            by_hour[p.hour][layer].append(p)
+    return [
+        _reconcile(hour, tolerance, layers["speed"], layers["batch"])
+        for hour, layers in sorted(by_hour.items())
+    ]
+
+
+def _reconcile(
+    hour: str, tolerance: float, speed: list[Point], batch: list[Point]
+) -> Reconciliation:
+    """The drift of one hour's speed points from its batch points, metric by metric."""
+    values: dict[str, dict[str, dict]] = {"speed": defaultdict(dict), "batch": defaultdict(dict)}
+    for layer, points in (("speed", speed), ("batch", batch)):
         for p in points:
             values[layer][p.metric][(p.experiment, p.variant, p.population)] = p.value
     drift, worst = {}, {}
-    if layers["speed"]:
+    if speed:
         for metric in EXPERIMENT_METRICS:
             d, key = relative_drift(values["speed"][metric], values["batch"][metric])
             drift[metric], worst[metric] = round(d, 6), key
-    return Reconciliation(hour, tolerance, len(layers["speed"]), len(layers["batch"]), drift, worst)
+    return Reconciliation(hour, tolerance, len(speed), len(batch), drift, worst)

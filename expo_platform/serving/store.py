@@ -59,6 +59,19 @@ class Point:
     value: float
 
 
+@dataclass(frozen=True)
+class KeySpan:
+    """A key with points of one metric in the store, and the hours it spans: an experiment's
+    variant and population and how long it has run (data-quality points have the key
+    ('', '', ''))."""
+
+    experiment: str
+    variant: str
+    population: str
+    first_hour: str
+    last_hour: str
+
+
 def _validate(points: Iterable[Point]) -> list[Point]:
     checked = list(points)
     for p in checked:
@@ -241,6 +254,27 @@ class MetricStore:
         def read() -> list[Point]:
             with self.engine.connect() as conn:
                 return [Point(*row) for row in conn.execute(statement)]
+
+        return self._call(read)
+
+    def key_spans(self, metric: str = "visitors") -> list[KeySpan]:
+        """Every key with points of `metric` in either layer, with its first and last hour,
+        sorted: `visitors` gives the experiments, their variants and populations,
+        `beacons_total` the hours of data quality, `visitors_rolling_1h` the newest minute
+        stamp of the rolling visitors. One short read; the primary key leads with the metric."""
+        c = points_table.c
+        statement = (
+            sa.select(
+                c.experiment, c.variant, c.population, sa.func.min(c.hour), sa.func.max(c.hour)
+            )
+            .where(c.metric == metric)
+            .group_by(c.experiment, c.variant, c.population)
+            .order_by(c.experiment, c.variant, c.population)
+        )
+
+        def read() -> list[KeySpan]:
+            with self.engine.connect() as conn:
+                return [KeySpan(*row) for row in conn.execute(statement)]
 
         return self._call(read)
 
