@@ -115,8 +115,18 @@ def test_the_supervisor_restarts_a_dead_batch_server_then_only_alerts(server, we
         client = [sys.executable, "-c", count, remote_url(again.port)]
         done = subprocess.run(client, capture_output=True, text=True, timeout=120)
         assert done.stdout.strip() == "10", done.stderr[-2000:]
-        result, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
-        assert isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok")
+        ticks: list = []
+
+        def healthy() -> bool:
+            # On a loaded machine one UI request may time out: that tick alerts ("the Spark
+            # UI is unreachable while the process runs"), it never restarts; the next is ok.
+            nonlocal cursor
+            result, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
+            ticks.append(result)
+            return isinstance(result, dg.SkipReason) and result.skip_message.startswith("ok")
+
+        wait(healthy, 120, "a healthy tick of the restarted server")
+        assert not any(isinstance(t, dg.RunRequest) for t in ticks), ticks
         assert "batch server restarted" in webhook.bodies[0]["text"]
 
         # The budget (one restart an hour) is spent: the next death only alerts.
@@ -125,4 +135,4 @@ def test_the_supervisor_restarts_a_dead_batch_server_then_only_alerts(server, we
         result, cursor = supervisor_tick(defs, instance, cursor, sensor=sensor)
         assert isinstance(result, dg.SkipReason)
         assert "restart budget of 1 per hour exhausted" in result.skip_message
-        assert "batch server unhealthy, not restarted" in webhook.bodies[1]["text"]
+        assert any("batch server unhealthy, not restarted" in b["text"] for b in webhook.bodies[1:])
