@@ -37,9 +37,11 @@ def _check_range(hourly: dg.PartitionsDefinition, first: datetime, last: datetim
 
 
 def _one_line(message: str) -> str:
-    """An error message folded onto one line, without the exception class prefix."""
+    """An error message folded onto one line, without the exception class prefix (Dagster's
+    or the platform's own)."""
     text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
-    return text.split(": ", 1)[1] if text.startswith("dagster.") and ": " in text else text
+    prefixed = text.startswith(("dagster.", "expo_platform.errors.")) and ": " in text
+    return text.split(": ", 1)[1] if prefixed else text
 
 
 def _platform_errors(cls: type = ExpoError) -> set[str]:
